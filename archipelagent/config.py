@@ -1,0 +1,394 @@
+"""Load and validate the agent's INI configuration (``conf/archipel.conf``).
+
+The agent refuses to start on a bad configuration rather than failing later
+in the middle of the night, so everything is checked here, once, and every
+error names the file, the section and the key, what was expected and what was
+found.  Feature modules read their own sections from ``AgentConfig.parser``.
+"""
+from __future__ import annotations
+
+import configparser
+import ipaddress
+import math
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal, TypeVar
+from urllib.parse import urlsplit
+
+from slixmpp.jid import JID, InvalidJID
+
+T = TypeVar("T")
+
+TlsMode = Literal["auto", "required", "never"]
+Provisioning = Literal["ibr", "http_api", "none"]
+
+TLS_MODES = ("auto", "required", "never")
+PROVISIONING_MODES = ("ibr", "http_api", "none")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+VCARD_KEYS = ("orgname", "orgunit", "userid", "locality", "url", "categories")
+MIN_PASSWORD_SIZE = 32
+
+_HOSTNAME_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+class ConfigError(Exception):
+    """A configuration problem, located as precisely as we can."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        section: str | None,
+        key: str | None,
+        reason: str,
+        *,
+        line: int | None = None,
+    ):
+        self.path = Path(path)
+        self.section = section
+        self.key = key
+        self.reason = reason
+        self.line = line
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = str(self.path)
+        if self.line is not None:
+            where += f": line {self.line}"
+        if self.section is None:
+            return f"{where}: {self.reason}"
+        if self.key is None:
+            return f"{where}: [{self.section}]: {self.reason}"
+        return f"{where}: [{self.section}] {self.key}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class XmppConfig:
+    host: str
+    port: int
+    tls: TlsMode
+    ca_file: Path | None
+    verify_certificate: bool
+    account_provisioning: Provisioning
+    http_api_url: str
+    reconnect_min_delay: float
+    reconnect_max_delay: float
+
+
+@dataclass(frozen=True)
+class HypervisorConfig:
+    jid: str
+    password: str = field(repr=False)  # never in logs or tracebacks
+    name: str
+    database_path: Path
+    permissions_database_path: Path
+
+
+@dataclass(frozen=True)
+class VMConfig:
+    base_path: Path
+    password_size: int
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str
+    file_path: Path | None
+    max_bytes: int
+    backup_count: int
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    path: Path
+    domain: str
+    lib_dir: Path
+    pubsub_server: str
+    root_admins: frozenset[str]
+    machine_ip: str
+    libvirt_uri: str
+    xmpp: XmppConfig
+    hypervisor: HypervisorConfig
+    vm: VMConfig
+    vcard: dict[str, str]
+    logging: LoggingConfig
+    parser: configparser.ConfigParser = field(repr=False, compare=False)
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and "localhost": the only places plaintext may go."""
+    host = host.strip().lower().rstrip(".")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Reader:
+    """Typed access to one parsed file; every failure becomes a located ConfigError."""
+
+    def __init__(self, path: Path, parser: configparser.ConfigParser):
+        self.path = path
+        self.parser = parser
+
+    def error(self, section: str, key: str | None, reason: str) -> ConfigError:
+        return ConfigError(self.path, section, key, reason)
+
+    def raw(self, section: str, key: str, *, optional: bool = False) -> str:
+        """The interpolated, stripped value; empty is an error unless optional."""
+        if section != configparser.DEFAULTSECT and not self.parser.has_section(section):
+            raise self.error(section, None, "section is missing")
+        try:
+            value = self.parser.get(section, key, fallback=None)
+        except configparser.InterpolationMissingOptionError as exc:
+            raise self.error(
+                section, key, f"refers to %({exc.reference})s, which is not defined"
+            ) from None
+        except configparser.InterpolationError:
+            # The value itself stays out of the message: it may be a password.
+            raise self.error(
+                section, key, "expected %(name)s or %% after a '%' (write %% for a literal %)"
+            ) from None
+        if value is None:
+            if optional:
+                return ""
+            raise self.error(section, key, "key is missing")
+        value = value.strip()
+        if not value and not optional:
+            raise self.error(section, key, "must not be empty")
+        return value
+
+    def convert(self, section: str, key: str, convert: Callable[[str], T], expected: str) -> T:
+        value = self.raw(section, key)
+        try:
+            return convert(value)
+        except (ValueError, KeyError):
+            raise self.error(section, key, f"expected {expected}, found {value!r}") from None
+
+    def integer(self, section: str, key: str, minimum: int, maximum: int | None = None) -> int:
+        expected = f"an integer >= {minimum}" if maximum is None else (
+            f"an integer between {minimum} and {maximum}")
+
+        def parse(text: str) -> int:
+            number = int(text, 10)
+            if number < minimum or (maximum is not None and number > maximum):
+                raise ValueError
+            return number
+
+        return self.convert(section, key, parse, expected)
+
+    def positive_float(self, section: str, key: str) -> float:
+        def parse(text: str) -> float:
+            number = float(text)
+            if not math.isfinite(number) or number <= 0:
+                raise ValueError
+            return number
+
+        return self.convert(section, key, parse, "a number of seconds > 0")
+
+    def boolean(self, section: str, key: str) -> bool:
+        def parse(text: str) -> bool:
+            return configparser.ConfigParser.BOOLEAN_STATES[text.lower()]
+
+        return self.convert(section, key, parse,
+                            "a boolean (true/false, yes/no, on/off, 1/0)")
+
+    def choice(self, section: str, key: str, choices: tuple[str, ...]) -> str:
+        def parse(text: str) -> str:
+            if text.lower() not in choices:
+                raise ValueError
+            return text.lower()
+
+        return self.convert(section, key, parse, "one of " + ", ".join(choices))
+
+    def bare_jid(self, section: str, key: str, value: str) -> str:
+        try:
+            return parse_bare_jid(value)
+        except ValueError as exc:
+            raise self.error(section, key, f"expected a bare JID user@domain, found {value!r} "
+                                           f"({exc})") from None
+
+    def path_value(self, section: str, key: str, *, optional: bool = False) -> Path | None:
+        value = self.raw(section, key, optional=optional)
+        return Path(value) if value else None
+
+
+def parse_bare_jid(value: str) -> str:
+    """Validate ``user@domain`` (no resource) and return it lowercased."""
+    try:
+        jid = JID(value)
+    except InvalidJID as exc:
+        raise ValueError(str(exc)) from None
+    if not jid.node:
+        raise ValueError("no user part")
+    if jid.resource:
+        raise ValueError("a resource is not allowed")
+    _check_domain(jid.domain)
+    return jid.bare.lower()
+
+
+def _check_domain(domain: str) -> None:
+    if domain.startswith("[") or _is_ip(domain):
+        return
+    labels = domain.lower().rstrip(".").split(".")
+    if not all(_HOSTNAME_LABEL.match(label) for label in labels):
+        raise ValueError(f"{domain!r} is not a valid domain name")
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _read_file(path: Path) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=configparser.BasicInterpolation())
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        raise ConfigError(path, None, None, "file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, None, None, f"cannot read the file: {exc}") from None
+    try:
+        parser.read_string(text, source=str(path))
+    except configparser.MissingSectionHeaderError as exc:
+        raise ConfigError(path, None, None, f"expected a [SECTION] header, found {exc.line!r}",
+                          line=exc.lineno) from None
+    except configparser.ParsingError as exc:
+        lineno = exc.errors[0][0]
+        found = text.splitlines()[lineno - 1].strip() if lineno <= len(text.splitlines()) else ""
+        raise ConfigError(path, None, None,
+                          f"expected 'key = value' or [SECTION], found {found!r}",
+                          line=lineno) from None
+    except (configparser.DuplicateSectionError, configparser.DuplicateOptionError) as exc:
+        raise ConfigError(path, None, None, exc.message.split(": ", 1)[-1],
+                          line=exc.lineno) from None
+    except configparser.Error as exc:
+        raise ConfigError(path, None, None, f"syntax error: {exc}") from None
+    return parser
+
+
+def load_config(path: str | os.PathLike) -> AgentConfig:
+    """Parse and validate ``path``; raise ConfigError on the first problem found."""
+    path = Path(path)
+    read = _Reader(path, _read_file(path))
+    default = configparser.DEFAULTSECT
+
+    domain_text = read.raw(default, "xmpp_server").lower()
+    try:
+        _check_domain(domain_text)
+    except ValueError:
+        raise read.error(default, "xmpp_server",
+                         f"expected a domain name, found {domain_text!r}") from None
+    lib_dir = read.path_value(default, "archipel_folder_lib")
+
+    pubsub_server = read.raw("GLOBAL", "xmpp_pubsub_server").lower()
+    root_admins = frozenset(
+        read.bare_jid("GLOBAL", "archipel_root_admins", item)
+        for item in read.raw("GLOBAL", "archipel_root_admins").split()
+    )
+    machine_ip = read.raw("GLOBAL", "machine_ip")
+    libvirt_uri = read.raw("GLOBAL", "libvirt_uri")
+    if ":" not in libvirt_uri:
+        raise read.error("GLOBAL", "libvirt_uri",
+                         f"expected a libvirt URI such as qemu:///system, found {libvirt_uri!r}")
+
+    return AgentConfig(
+        path=path,
+        domain=domain_text,
+        lib_dir=lib_dir,
+        pubsub_server=pubsub_server,
+        root_admins=root_admins,
+        machine_ip=machine_ip,
+        libvirt_uri=libvirt_uri,
+        xmpp=_xmpp_section(read),
+        hypervisor=_hypervisor_section(read, domain_text),
+        vm=VMConfig(
+            base_path=read.path_value("VIRTUALMACHINE", "vm_base_path"),
+            password_size=read.integer("VIRTUALMACHINE", "xmpp_password_size",
+                                       MIN_PASSWORD_SIZE, 1023),
+        ),
+        vcard=_vcard_section(read),
+        logging=LoggingConfig(
+            level=read.choice("LOGGING", "logging_level", LOG_LEVELS),
+            file_path=read.path_value("LOGGING", "logging_file_path", optional=True),
+            max_bytes=read.integer("LOGGING", "logging_max_bytes", 0),
+            backup_count=read.integer("LOGGING", "logging_backup_count", 0),
+        ),
+        parser=read.parser,
+    )
+
+
+def _xmpp_section(read: _Reader) -> XmppConfig:
+    section = "XMPP"
+    host = read.raw(section, "xmpp_host")
+    port = read.integer(section, "xmpp_port", 1, 65535)
+    tls = read.choice(section, "xmpp_tls", TLS_MODES)
+    if tls == "never" and not is_loopback(host):
+        raise read.error(section, "xmpp_tls",
+                         f"plaintext (never) is only allowed towards a loopback address, "
+                         f"found xmpp_host = {host!r}")
+    ca_file = read.path_value(section, "xmpp_ca_file", optional=True)
+    if ca_file is not None and not (ca_file.is_file() and os.access(ca_file, os.R_OK)):
+        raise read.error(section, "xmpp_ca_file",
+                         f"expected a readable CA bundle, found {str(ca_file)!r} "
+                         "(missing or unreadable)")
+    verify = read.boolean(section, "xmpp_verify_certificate")
+    provisioning = read.choice(section, "account_provisioning", PROVISIONING_MODES)
+    url = read.raw(section, "xmpp_http_api_url")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise read.error(section, "xmpp_http_api_url",
+                         f"expected an http:// or https:// URL, found {url!r}")
+    min_delay = read.positive_float(section, "reconnect_min_delay")
+    max_delay = read.positive_float(section, "reconnect_max_delay")
+    if max_delay < min_delay:
+        raise read.error(section, "reconnect_max_delay",
+                         f"expected a value >= reconnect_min_delay ({min_delay:g}), "
+                         f"found {max_delay:g}")
+    return XmppConfig(
+        host=host, port=port, tls=tls, ca_file=ca_file, verify_certificate=verify,
+        account_provisioning=provisioning, http_api_url=url,
+        reconnect_min_delay=min_delay, reconnect_max_delay=max_delay,
+    )
+
+
+def _hypervisor_section(read: _Reader, domain: str) -> HypervisorConfig:
+    section = "HYPERVISOR"
+    jid = read.bare_jid(section, "hypervisor_xmpp_jid", read.raw(section, "hypervisor_xmpp_jid"))
+    if jid.split("@", 1)[1] != domain:
+        raise read.error(section, "hypervisor_xmpp_jid",
+                         f"expected a JID in the domain {domain!r} (xmpp_server), found {jid!r}")
+    name = read.raw(section, "hypervisor_name")
+    if name.lower() == "auto":
+        name = socket.gethostname()
+    return HypervisorConfig(
+        jid=jid,
+        password=read.raw(section, "hypervisor_xmpp_password"),
+        name=name,
+        database_path=read.path_value(section, "hypervisor_database_path"),
+        permissions_database_path=read.path_value(section,
+                                                  "hypervisor_permissions_database_path"),
+    )
+
+
+def _vcard_section(read: _Reader) -> dict[str, str]:
+    """The documented vCard fields (each may be empty) plus any extra key of [VCARD]."""
+    section = "VCARD"
+    if not read.parser.has_section(section):
+        raise read.error(section, None, "section is missing")
+    defaults = read.parser.defaults()
+    keys = list(VCARD_KEYS) + [
+        key for key in read.parser.options(section)
+        if key not in VCARD_KEYS and key not in defaults
+    ]
+    return {key: read.raw(section, key, optional=True) for key in keys}

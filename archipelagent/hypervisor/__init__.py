@@ -1,0 +1,1 @@
+"""The hypervisor entity and its ``archipel:hypervisor:control`` commands."""

@@ -1,0 +1,295 @@
+"""The base of every Jabber entity the agent runs (hypervisor, and later VMs).
+
+One slixmpp client per entity, all on the agent's single event loop.  The
+entity owns its connection life: TLS policy, account provisioning, reconnect
+with jittered exponential backoff, and — after every (re)connection — the
+state that must be re-announced: presence, vCard, pubsub events node.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import slixmpp
+from slixmpp.exceptions import IqError, IqTimeout
+
+from ..backoff import Backoff
+from ..commands.acp import AcpTransport
+from ..commands.adhoc import AdhocTransport
+from ..commands.chat import ChatTransport
+from ..commands.dispatch import bare_jid
+from ..config import is_loopback
+from .provisioning import HttpApiProvisioner, ProvisioningError
+from .pubsub import EventsNode
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..agent import Agent
+
+log = logging.getLogger(__name__)
+
+PLUGINS = ("xep_0004", "xep_0030", "xep_0050", "xep_0054", "xep_0060", "xep_0077", "xep_0092", "xep_0199")
+
+
+class Entity:
+    """An XMPP identity of the agent; subclasses say what it is and serves."""
+
+    kind = "entity"
+    role = "entity"  # vCard ROLE
+
+    def __init__(self, agent: "Agent", jid: str, password: str, *, name: str, resource: str):
+        self.agent = agent
+        self.jid = bare_jid(jid)
+        self.name = name
+        self.resource = resource
+        self._password = password
+        self.presence_show = ""
+        self.presence_status = "Initializing..."
+        self.online = asyncio.Event()
+        self._stopping = False
+        self._reconnect_handle: asyncio.TimerHandle | None = None
+        self._auth_rejected = False
+        self._provision_attempted = False
+        self._reconnect_now = False
+        cfg = agent.config.xmpp
+        self._backoff = Backoff(cfg.reconnect_min_delay, cfg.reconnect_max_delay)
+        self.xmpp = self._make_client()
+        self._install_transports()
+        self.events = EventsNode(self.xmpp, agent.config.pubsub_server, self.jid)
+
+    # ------------------------------------------------------------------ setup
+    def _make_client(self) -> slixmpp.ClientXMPP:
+        cfg = self.agent.config.xmpp
+        xmpp = slixmpp.ClientXMPP(f"{self.jid}/{self.resource}", self._password)
+        for plugin in PLUGINS:
+            xmpp.register_plugin(plugin)
+        xmpp.plugin["xep_0199"].enable_keepalive(interval=30, timeout=15)
+        xmpp.plugin["xep_0092"].software_name = "archipel-agent"
+        xmpp.enable_direct_tls = False
+        plaintext_ok = cfg.tls != "required" and is_loopback(cfg.host)
+        xmpp.enable_starttls = cfg.tls != "never"
+        xmpp.enable_plaintext = True
+        # Without TLS, only a loopback server may see a password.
+        xmpp.plugin["feature_mechanisms"].unencrypted_plain = plaintext_ok
+        xmpp.plugin["feature_mechanisms"].unencrypted_scram = plaintext_ok
+        if cfg.verify_certificate:
+            if cfg.ca_file:
+                xmpp.ca_certs = Path(cfg.ca_file)
+        else:
+            xmpp.ssl_context.check_hostname = False
+            xmpp.ssl_context.verify_mode = ssl.CERT_NONE
+        xmpp.auto_authorize = None  # subscriptions are decided by permission
+        xmpp.auto_subscribe = False
+        xmpp.plugin["xep_0030"].add_identity(category="client", itype="bot", name=self.name)
+        for namespace in self.agent.registry.namespaces(self.kind):
+            xmpp.plugin["xep_0030"].add_feature(namespace)
+        xmpp.add_event_handler("session_start", self._on_session_start)
+        xmpp.add_event_handler("disconnected", self._on_disconnected)
+        xmpp.add_event_handler("connection_failed", self._on_connection_failed)
+        xmpp.add_event_handler("failed_auth", self._on_failed_auth)
+        xmpp.add_event_handler("failed_all_auth", self._on_failed_all_auth)
+        xmpp.add_event_handler("presence_subscribe", self._on_subscribe)
+        xmpp.add_event_handler("ssl_invalid_cert", self._on_invalid_cert)
+        return xmpp
+
+    def _install_transports(self) -> None:
+        for transport in (AcpTransport, ChatTransport, AdhocTransport):
+            transport(self).install()
+
+    # ------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        self._stopping = False
+        self._schedule_connect(0)
+
+    async def stop(self) -> None:
+        """Say goodbye and close the stream; no reconnection afterwards."""
+        self._stopping = True
+        if self._reconnect_handle:
+            self._reconnect_handle.cancel()
+        self.xmpp.cancel_connection_attempt()
+        if self.online.is_set():
+            self.xmpp.send_presence(ptype="unavailable", pstatus="Agent stopping")
+            try:
+                await asyncio.wait_for(self.xmpp.disconnect(wait=1.0), 5)
+            except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - best effort on the way out
+                self.xmpp.abort()
+        else:
+            self.xmpp.abort()
+        self.online.clear()
+
+    def _schedule_connect(self, delay: float) -> None:
+        if self._stopping:
+            return
+        if self._reconnect_handle:
+            self._reconnect_handle.cancel()
+        loop = asyncio.get_running_loop()
+        self._reconnect_handle = loop.call_later(delay, self._connect)
+        if delay:
+            log.info("%s: reconnecting in %.1f s", self.jid, delay)
+
+    def _connect(self) -> None:
+        self._reconnect_handle = None
+        if self._stopping:
+            return
+        if self._stream_busy():
+            return  # a stale timer; the live stream or attempt wins
+        cfg = self.agent.config.xmpp
+        self._auth_rejected = False
+        self.xmpp.connect(cfg.host, cfg.port)
+
+    def _stream_busy(self) -> bool:
+        """True while a stream is up or being set up (late events of an old stream must not start a second one)."""
+        attempt = getattr(self.xmpp, "_current_connection_attempt", None)
+        return self.xmpp.transport is not None or (attempt is not None and not attempt.done())
+
+    def _on_connection_failed(self, error) -> None:
+        # slixmpp would retry on its own schedule; ours is jittered and bounded.
+        log.warning("%s: connection to %s:%s failed: %s", self.jid, self.agent.config.xmpp.host, self.agent.config.xmpp.port, error)
+        self.xmpp.cancel_connection_attempt()
+        self._schedule_connect(self._backoff.next())
+
+    def _on_disconnected(self, reason) -> None:
+        was_online = self.online.is_set()
+        self.online.clear()
+        if self._stopping:
+            return
+        if was_online:
+            log.warning("%s: disconnected (%s)", self.jid, reason)
+        if self._reconnect_now:
+            self._reconnect_now = False
+            self._schedule_connect(0)
+        else:
+            self._schedule_connect(self._backoff.next())
+
+    def _on_invalid_cert(self, error) -> None:
+        log.error("%s: server certificate rejected: %s", self.jid, error)
+
+    # ------------------------------------------------------------ accounts
+    def _on_failed_auth(self, _stanza) -> None:
+        self._auth_rejected = True
+
+    async def _on_failed_all_auth(self, _event) -> None:
+        cfg = self.agent.config.xmpp
+        if not self._auth_rejected:
+            log.error("%s: no usable authentication method (is TLS required but not offered?)", self.jid)
+        elif cfg.account_provisioning == "none" or self._provision_attempted:
+            log.error("%s: authentication refused (wrong password or missing account)", self.jid)
+        else:
+            self._provision_attempted = True
+            log.info("%s: password refused; creating the account (%s)", self.jid, cfg.account_provisioning)
+            try:
+                await self._provision()
+            except ProvisioningError as exc:
+                log.error("%s: cannot create the account: %s", self.jid, exc)
+            else:
+                self._reconnect_now = True
+                self.xmpp.abort()
+                self._schedule_connect(0)
+                return
+        self.xmpp.abort()
+
+    async def _provision(self) -> None:
+        cfg = self.agent.config.xmpp
+        user, host = self.jid.split("@", 1)
+        if cfg.account_provisioning == "http_api":
+            await HttpApiProvisioner(cfg.http_api_url).register(user, host, self._password)
+            return
+        # IBR: register on the next stream, before SASL.
+        self.xmpp.plugin["xep_0077"].force_registration = True
+        self.xmpp.add_event_handler("register", self._on_register)
+
+    async def _on_register(self, _form) -> None:
+        self.xmpp.del_event_handler("register", self._on_register)
+        self.xmpp.plugin["xep_0077"].force_registration = False
+        iq = self.xmpp.Iq()
+        iq["type"] = "set"
+        iq["register"]["username"] = self.xmpp.boundjid.user
+        iq["register"]["password"] = self._password
+        try:
+            await iq.send(timeout=10)
+            log.info("%s: account created by in-band registration", self.jid)
+        except IqError as exc:
+            log.error("%s: in-band registration refused: %s %s", self.jid, exc.condition, exc.text)
+        except IqTimeout:
+            log.error("%s: in-band registration timed out", self.jid)
+
+    async def remove_account(self) -> None:
+        """Delete this entity's account (XEP-0077 <remove/> or the HTTP API)."""
+        cfg = self.agent.config.xmpp
+        user, host = self.jid.split("@", 1)
+        if cfg.account_provisioning == "http_api":
+            await HttpApiProvisioner(cfg.http_api_url).unregister(user, host)
+        elif self.online.is_set():
+            await self.xmpp.plugin["xep_0077"].cancel_registration(timeout=10)
+
+    # ------------------------------------------------------------- session
+    async def _on_session_start(self, _event) -> None:
+        if self._reconnect_handle:
+            self._reconnect_handle.cancel()
+            self._reconnect_handle = None
+        self._backoff.reset()
+        self._provision_attempted = False
+        log.info("%s: online as %s", self.jid, self.xmpp.boundjid.full)
+        self.send_presence()
+        self.online.set()
+        try:
+            await self.xmpp.get_roster(timeout=10)
+        except (IqError, IqTimeout) as exc:
+            log.warning("%s: roster fetch failed: %s", self.jid, exc)
+        await self._publish_vcard()
+        await self.events.ensure()
+        await self.on_online()
+
+    async def on_online(self) -> None:
+        """Hook for subclasses: runs after every (re)connection."""
+
+    def vcard_fields(self) -> dict[str, str]:
+        fields = {"FN": self.name, "ROLE": self.role}
+        fields.update({k: v for k, v in self.agent.config.vcard.items() if v})
+        return fields
+
+    async def _publish_vcard(self) -> None:
+        plugin = self.xmpp.plugin["xep_0054"]
+        vcard = plugin.make_vcard()
+        fields = self.vcard_fields()
+        for key, value in fields.items():
+            upper = key.upper()
+            if upper in ("ORGNAME", "ORGUNIT"):
+                vcard["ORG"][upper] = value
+            elif upper in ("FN", "ROLE", "TITLE", "USERID", "URL"):
+                vcard[upper] = value
+            elif upper == "LOCALITY":
+                vcard["ADR"]["LOCALITY"] = value
+            elif upper == "CATEGORIES":
+                vcard["CATEGORIES"]["CATEGORIES"] = [c.strip() for c in value.split(",") if c.strip()]
+        try:
+            await plugin.publish_vcard(vcard, timeout=10)
+        except (IqError, IqTimeout) as exc:
+            log.warning("%s: vCard publish failed: %s", self.jid, exc)
+
+    # ------------------------------------------------------------ presence
+    def set_presence(self, status: str, show: str = "") -> None:
+        self.presence_status, self.presence_show = status, show
+        if self.online.is_set():
+            self.send_presence()
+
+    def send_presence(self) -> None:
+        presence = self.xmpp.make_presence(pshow=self.presence_show or None, pstatus=self.presence_status, ppriority=10)
+        presence.xml.append(slixmpp.xmlstream.ET.Element("{vcard-temp:x:update}x"))
+        presence.send()
+
+    async def _on_subscribe(self, presence) -> None:
+        """Accept a subscription only from someone holding ``presence``."""
+        sender = bare_jid(presence["from"])
+        allowed = await self.agent.permissions.check(self.jid, self.kind, sender, "presence")
+        if allowed:
+            self.xmpp.send_presence(pto=sender, ptype="subscribed")
+            self.xmpp.send_presence(pto=sender, ptype="subscribe")
+        else:
+            log.info("%s: refused subscription from %s", self.jid, sender)
+            self.xmpp.send_presence(pto=sender, ptype="unsubscribed")
+
+    async def push(self, namespace: str, change: str, children=()) -> bool:
+        return await self.events.publish(namespace, change, children)

@@ -1,0 +1,161 @@
+"""``python -m rig {up,down,status,demo}`` -- see docs/RIG.md."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .stack import PROFILES, REPO, Stack
+from .util import RigError
+
+log = logging.getLogger("rig")
+
+
+DEMO_HYPERVISOR_NAME = "hv-demo"  # the hypervisor entity's resource in the demo
+
+
+def _stack(args) -> Stack:
+    return Stack(profile=args.profile, state_dir=args.state_dir)
+
+
+def cmd_up(args) -> int:
+    st = _stack(args)
+    st.start(fresh=not args.keep)
+    print(json.dumps({**st.summary(), "timings": {k: round(v, 2) for k, v in st.timings.items()}}, indent=2))
+    return 0
+
+
+def cmd_down(args) -> int:
+    profiles = sorted(p.name for p in (REPO / ".rig").iterdir() if p.name in PROFILES) \
+        if args.all and (REPO / ".rig").is_dir() else [args.profile]
+    for prof in profiles:
+        st = Stack(profile=prof, state_dir=None if args.all else args.state_dir)
+        if st.state_dir.is_dir():
+            st.stop()
+    return 0
+
+
+def cmd_status(args) -> int:
+    st = _stack(args)
+    status = st.status()
+    print(json.dumps(status, indent=2))
+    return 0 if status["running"] else 3
+
+
+def _hypervisor_password(agent_dir: Path) -> str:
+    f = agent_dir / "hypervisor.password"
+    if f.exists() and f.read_text().strip():
+        return f.read_text().strip()
+    agent_dir.mkdir(parents=True, exist_ok=True)
+    pw = secrets.token_urlsafe(24)
+    f.write_text(pw + "\n")
+    os.chmod(f, 0o600)
+    return pw
+
+
+def cmd_demo(args) -> int:
+    st = Stack(profile="demo", state_dir=args.state_dir)
+    stop_signal: list[int] = []
+
+    def on_signal(signum, _frame):
+        stop_signal.append(signum)
+        if agent is None:  # still starting the stack: abort it
+            raise KeyboardInterrupt
+
+    agent: subprocess.Popen | None = None
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        st.start()
+        agent_dir = st.state_dir / "agent"
+        lib = agent_dir / "lib"
+        shutil.rmtree(lib, ignore_errors=True)  # the server side was reset: so is the agent's state
+        conf = st.write_agent_config(agent_dir / "archipel.conf", hypervisor_jid=st.hypervisor_jid,
+                                     hypervisor_password=_hypervisor_password(agent_dir), lib_dir=lib,
+                                     log_file=agent_dir / "agent.log",
+                                     overrides={"HYPERVISOR": {"hypervisor_name": DEMO_HYPERVISOR_NAME}})
+        summary = st.write_summary(st.state_dir / "demo.json", hypervisor_jid=st.hypervisor_jid,
+                                   hypervisor_full_jid=f"{st.hypervisor_jid}/{DEMO_HYPERVISOR_NAME}",
+                                   agent_config=str(conf))
+        print(f"rig demo: stack up, summary in {summary}", flush=True)
+        for u in st.users:
+            print(f"  {u['role']:<9} {u['jid']:<24} password {u['password']}", flush=True)
+        print(f"  BOSH {st.bosh_url}   WebSocket {st.ws_url}   CA {st.ca_file}", flush=True)
+        cmd = [sys.executable, "-m", "archipelagent", "--config", str(conf)]
+        print(f"rig demo: running {' '.join(cmd)} (Ctrl-C stops agent and stack)", flush=True)
+        agent = subprocess.Popen(cmd, cwd=REPO, start_new_session=True)
+        while agent.poll() is None and not stop_signal:
+            time.sleep(0.2)
+        if agent.poll() is None:
+            print("rig demo: stopping the agent", flush=True)
+            agent.send_signal(signal.SIGTERM)
+            try:
+                agent.wait(timeout=args.agent_timeout)
+            except subprocess.TimeoutExpired:
+                print(f"rig demo: agent still running after {args.agent_timeout}s, SIGKILL", flush=True)
+                agent.kill()
+                agent.wait()
+            rc = 0
+        else:
+            rc = agent.returncode
+            print(f"rig demo: agent exited with {rc}", flush=True)
+    except KeyboardInterrupt:
+        rc = 0
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("rig demo: stopping the stack", flush=True)
+        st.stop()
+    return rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m rig", description=(
+        "Archipel agent rig: real ejabberd + slapd + libvirtd/QEMU on 127.0.0.1, "
+        "state in .rig/<profile>. See docs/RIG.md."))
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    def common(p, profile="demo"):
+        p.add_argument("--profile", choices=sorted(PROFILES), default=profile,
+                       help=f"ports/state profile (default {profile})")
+        p.add_argument("--state-dir", type=Path, default=None, help="state dir (default .rig/<profile>)")
+
+    p = sub.add_parser("up", help="start the stack (stopping a previous run) and print its summary")
+    common(p)
+    p.add_argument("--keep", action="store_true",
+                   help="keep data (ejabberd spool, LDAP, libvirt definitions) instead of a fresh state")
+    p.set_defaults(fn=cmd_up)
+    p = sub.add_parser("down", help="stop the stack (destroys its running domains)")
+    common(p)
+    p.add_argument("--all", action="store_true", help="every profile found under .rig/")
+    p.set_defaults(fn=cmd_down)
+    p = sub.add_parser("status", help="PIDs and listening sockets (exit 3 when not fully running)")
+    common(p)
+    p.set_defaults(fn=cmd_status)
+    p = sub.add_parser("demo", help="start the demo stack, write the agent config and run the agent")
+    p.add_argument("--state-dir", type=Path, default=None, help="state dir (default .rig/demo)")
+    p.add_argument("--agent-timeout", type=float, default=15.0, help="seconds between SIGTERM and SIGKILL")
+    p.set_defaults(fn=cmd_demo)
+
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stderr)
+    try:
+        return args.fn(args)
+    except RigError as e:
+        log.error("%s", e)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""A privileged libvirtd isolated from the host's libvirt directories.
+
+``unshare --mount --propagation private`` gives libvirtd (and the QEMU
+processes it starts) a private mount namespace where ``<dir>/{run,lib,etc,
+log,cache}`` are bind-mounted over ``/run/libvirt``, ``/var/lib/libvirt``,
+``/etc/libvirt``, ``/var/log/libvirt`` and ``/var/cache/libvirt``.  The host's
+/etc/libvirt is never written.  The host reaches the daemon through
+``qemu+unix:///system?socket=<dir>/run/libvirt-sock``.
+
+A process is ours when ``/proc/PID/root/run/libvirt`` is our ``run`` dir
+(same device and inode): that identifies our libvirtd and its QEMUs even
+after a ``kill -9`` lost the pidfile.  ``cache/`` is kept across runs so
+the QEMU capability probe (~7 s) is paid once.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+from .util import (RigError, all_pids, exe_name, is_alive, log, read_cmdline, read_pidfile, run,
+                   sock_path_ok, spawn_daemon, tail, terminate, wait_until, write_text)
+
+BINDS = {"run": "/run/libvirt", "lib": "/var/lib/libvirt", "etc": "/etc/libvirt",
+         "log": "/var/log/libvirt", "cache": "/var/cache/libvirt"}
+
+
+def kvm_usable() -> bool:
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+class Libvirtd:
+    name = "libvirtd"
+
+    def __init__(self, directory: Path, host_uuid: str | None = None, listen_addr: str | None = None):
+        """``listen_addr``: also listen on qemu+tcp://<listen_addr>/system (auth none) and use it
+        as migration address -- only for a daemon in a network namespace a test created."""
+        self.dir = Path(directory)
+        self.listen_addr = listen_addr
+        self.pidfile = self.dir / "libvirtd.pid"
+        self.socket = self.dir / "run" / "libvirt-sock"
+        self.log_file = self.dir / "log" / "libvirtd.log"
+        self.out_file = self.dir / "libvirtd.out"
+        self.host_uuid = host_uuid or str(uuid.uuid5(uuid.NAMESPACE_URL, f"archipel-rig:{self.dir}"))
+
+    @property
+    def uri(self) -> str:
+        return f"qemu+unix:///system?socket={self.socket}"
+
+    # ------------------------------------------------------------- processes
+    def _ours(self, pid: int) -> bool:
+        """pid lives in one of our mount namespaces (its /run/libvirt is our run dir)."""
+        try:
+            a = os.stat(f"/proc/{pid}/root{BINDS['run']}")
+            b = os.stat(self.dir / "run")
+        except OSError:
+            return False
+        return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+    def pids(self) -> list[int]:
+        pids = set()
+        pid = read_pidfile(self.pidfile)
+        if pid and is_alive(pid) and exe_name(pid) == "libvirtd" and (
+                self._ours(pid) or any(str(self.pidfile) in a for a in read_cmdline(pid))):
+            pids.add(pid)
+        for p in all_pids():
+            if exe_name(p) == "libvirtd" and is_alive(p) and any(str(self.pidfile) in a for a in read_cmdline(p)):
+                pids.add(p)
+        return sorted(pids)
+
+    def qemu_pids(self) -> list[int]:
+        """QEMU processes started by one of our libvirtd instances."""
+        return sorted(p for p in all_pids()
+                      if exe_name(p).startswith("qemu-system") and is_alive(p) and self._ours(p))
+
+    def running(self) -> bool:
+        return bool(self.pids())
+
+    def virsh(self, *args: str, check: bool = True, timeout: float = 60):
+        return run(["virsh", "-q", "-c", self.uri, *args], check=check, timeout=timeout)
+
+    def destroy_all(self) -> None:
+        """Destroy every running domain through libvirt (in parallel)."""
+        if not (self.running() and self.socket.exists()):
+            return
+        cp = self.virsh("list", "--name", check=False, timeout=20)
+        names = [n.strip() for n in cp.stdout.splitlines() if n.strip()]
+        if not names:
+            return
+        import concurrent.futures
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(names))) as ex:
+            list(ex.map(lambda n: self.virsh("destroy", n, check=False, timeout=30), names))
+        log.info("libvirtd: destroyed %d domain(s): %s", len(names), ", ".join(names))
+
+    def stop(self, destroy_domains: bool = True) -> None:
+        """Stop libvirtd.  With ``destroy_domains`` every domain is destroyed
+        first and any QEMU left in our namespaces is killed; without it the
+        QEMUs keep running (a new libvirtd re-attaches to them)."""
+        if destroy_domains:
+            try:
+                self.destroy_all()
+            except RigError as e:
+                log.warning("libvirtd: destroying domains failed: %s", e)
+        pids = self.pids()
+        if pids:
+            terminate(pids, "libvirtd", timeout=15)
+        if destroy_domains:
+            q = self.qemu_pids()
+            if q:
+                log.warning("libvirtd: killing stray QEMU %s", q)
+                terminate(q, "qemu", timeout=5)
+        self.pidfile.unlink(missing_ok=True)
+
+    # ---------------------------------------------------------------- config
+    def write_config(self) -> None:
+        for sub in BINDS:
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        etc = self.dir / "etc"
+        tcp = (f'listen_tcp = 1\nlisten_addr = "{self.listen_addr}"\nauth_tcp = "none"\n'
+               if self.listen_addr else "listen_tcp = 0\n")
+        migration = (f'migration_address = "{self.listen_addr}"\nmigration_host = "{self.listen_addr}"\n'
+                     if self.listen_addr else "")
+        write_text(etc / "libvirtd.conf", f"""\
+# Generated by the Archipel rig: privileged libvirtd started by hand (no systemd),
+# in a private mount namespace.
+listen_tls = 0
+{tcp}unix_sock_group = "root"
+unix_sock_ro_perms = "0777"
+unix_sock_rw_perms = "0770"
+auth_unix_ro = "none"
+auth_unix_rw = "none"
+log_level = 3
+log_outputs = "3:file:{BINDS['log']}/libvirtd.log"
+host_uuid = "{self.host_uuid}"
+""")
+        write_text(etc / "qemu.conf", """\
+# Generated by the Archipel rig (seen by libvirtd as /etc/libvirt/qemu.conf).
+# no libvirt-qemu user without libvirt-daemon-system -> run QEMU as root
+user = "root"
+group = "root"
+dynamic_ownership = 0
+remember_owner = 0
+security_driver = "none"
+# no systemd-machined / dbus here: keep libvirt away from cgroups and mount namespaces
+cgroup_controllers = [ ]
+namespaces = [ ]
+# no virtlogd needed
+stdio_handler = "file"
+""" + migration)
+        for f in ("libvirt.conf", "libvirt-admin.conf"):
+            src = Path("/etc/libvirt") / f
+            if src.is_file() and not (etc / f).exists():
+                shutil.copy(src, etc / f)
+
+    def wipe_definitions(self) -> None:
+        """Forget persistent domains/networks/pools and runtime state (keeps cache)."""
+        for sub in ("etc/qemu", "etc/storage", "etc/nwfilter", "etc/secrets", "lib", "run", "log"):
+            shutil.rmtree(self.dir / sub, ignore_errors=True)
+
+    # ----------------------------------------------------------------- start
+    def start(self, fresh: bool = False, *, netns: str | None = None) -> float:
+        t0 = time.monotonic()
+        self.stop(destroy_domains=fresh)
+        if fresh:
+            self.wipe_definitions()
+        sock_path_ok(self.socket, "libvirtd")
+        self.write_config()
+        for target in BINDS.values():  # mount points on the host (empty dirs)
+            os.makedirs(target, exist_ok=True)
+        self.socket.unlink(missing_ok=True)
+        mounts = "; ".join(f"mount --bind {shlex.quote(str(self.dir / sub))} {target}"
+                           for sub, target in BINDS.items())
+        listen = "--listen " if self.listen_addr else ""
+        script = (f"set -e; {mounts}; exec libvirtd {listen}-d -f /etc/libvirt/libvirtd.conf "
+                  f"-p {shlex.quote(str(self.pidfile))}")
+        cmd = ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", script]
+        if netns:
+            cmd = ["ip", "netns", "exec", netns, *cmd]
+        rc = spawn_daemon(cmd, self.out_file)
+        if rc != 0:
+            raise RigError(f"libvirtd start failed (rc={rc}):\n{tail(self.out_file)}\n{tail(self.log_file)}")
+
+        def died():
+            if not self.running():
+                return f"libvirtd died at start:\n{tail(self.out_file)}\n{tail(self.log_file)}"
+            return None
+
+        wait_until(self.answers, 120, "libvirtd", interval=0.1, alive=died)
+        dt = time.monotonic() - t0
+        log.info("libvirtd: ready on %s in %.2fs (pid %s)", self.uri, dt, read_pidfile(self.pidfile))
+        return dt
+
+    def answers(self) -> bool:
+        if not self.socket.exists():
+            return False
+        return self.virsh("version", check=False, timeout=30).returncode == 0
