@@ -6,6 +6,7 @@ compared with fixed thresholds (the machines are shared and noisy).
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import statistics
 import sys
@@ -36,7 +37,7 @@ def describe(name: str, samples: list[float]) -> dict:
 @contextlib.asynccontextmanager
 async def running_agent(profile: str = "test", keep_stack: bool = False):
     """Start the stack and an agent; yield (stack, agent handle, admin client)."""
-    stack = Stack(profile=profile)
+    stack = Stack(profile=os.environ.get("ARCHIPEL_RIG_PROFILE", profile))
     stack.start()
     lib_dir = stack.state_dir / f"bench-{uuid.uuid4().hex[:6]}"
     lib_dir.mkdir(parents=True)

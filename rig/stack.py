@@ -33,6 +33,12 @@ PROFILES: dict[str, dict] = {
     "test": {"c2s_port": 15222, "http_port": 15280, "ldap_port": 13890, "dist_port": 15210,
              "node": "ejabberd_test@localhost"},
 }
+# Extra profiles so several developers (or agents) can run the integration
+# suite at once on one machine: ARCHIPEL_RIG_PROFILE=dev1 make test.
+for _i in range(1, 7):
+    PROFILES[f"dev{_i}"] = {"c2s_port": 25222 + 100 * _i, "http_port": 25280 + 100 * _i,
+                            "ldap_port": 23890 + 100 * _i, "dist_port": 25210 + 100 * _i,
+                            "node": f"ejabberd_dev{_i}@localhost"}
 
 
 class Stack:

@@ -12,7 +12,8 @@ def stack():
         from pathlib import Path
         sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
         from rig.stack import Stack
-    st = Stack(profile="test")
+    import os
+    st = Stack(profile=os.environ.get("ARCHIPEL_RIG_PROFILE", "test"))
     st.start()
     try:
         yield st
