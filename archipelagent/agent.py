@@ -6,15 +6,21 @@ start and stop order.  Nothing here knows a particular command.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import Coroutine
 
+from .audit import AuditLog
+from .audit_commands import commands as audit_commands
 from .commands import Registry
 from .config import AgentConfig
 from .hypervisor.commands import commands as hypervisor_commands
 from .hypervisor.entity import HypervisorEntity
+from .hypervisor.vms import VMManager
 from .permissions import Permission, PermissionCenter, PermissionStore
 from .permissions.commands import commands as permission_commands
 from .virt.connection import LibvirtConnection
+from .vm.commands import commands as vm_commands
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +32,8 @@ def build_registry() -> Registry:
     registry = Registry()
     registry.add_set(permission_commands)
     registry.add_set(hypervisor_commands)
+    registry.add_set(audit_commands)
+    registry.add_set(vm_commands)
     return registry
 
 
@@ -42,29 +50,62 @@ class Agent:
         self.config = config
         self.registry = build_registry()
         self.permissions: PermissionCenter | None = None
+        self.directory = None  # LDAP (archipelagent.directory.Directory) when [LDAP] is set
+        self.audit: AuditLog | None = None  # every command, see audit.py
         self.libvirt = LibvirtConnection(
             config.libvirt_uri,
             reconnect_min_delay=config.xmpp.reconnect_min_delay,
             reconnect_max_delay=min(config.xmpp.reconnect_max_delay, 30.0),
         )
         self.hypervisor: HypervisorEntity | None = None
+        self.vms = VMManager(self)
+        self._tasks: set[asyncio.Task] = set()
+
+    def spawn(self, coro: Coroutine, *, name: str | None = None) -> asyncio.Task:
+        """Run background work owned by the agent (kept referenced, errors logged, cancelled at stop)."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
 
     async def start(self) -> None:
         store = await PermissionStore.open(self.config.hypervisor.permissions_database_path)
-        self.permissions = PermissionCenter(store, self.config.root_admins)
+        if self.config.ldap is not None:
+            from .directory import Directory
+            self.directory = Directory(self.config.ldap, self.config.domain)
+        self.permissions = PermissionCenter(store, self.config.root_admins, directory=self.directory)
         declare_permissions(self.permissions, self.registry)
+        hv_cfg = self.config.hypervisor
+        self.audit = await AuditLog.open(
+            hv_cfg.audit_database_path or self.config.lib_dir / "audit.sqlite3",
+            max_rows=hv_cfg.audit_max_rows, max_days=hv_cfg.audit_max_days)
         self.libvirt.add_state_listener(self._on_libvirt_state)
+        self.libvirt.add_lifecycle_listener(self.vms.on_lifecycle)
+        await self.vms.open()
         await self.libvirt.start()
         hv = self.config.hypervisor
         self.hypervisor = HypervisorEntity(self, hv.jid, hv.password, name=hv.name, resource=hv.name)
         self.hypervisor.start()
+        await self.vms.load()
 
     async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await self.vms.close()
         if self.hypervisor:
             await self.hypervisor.stop()
         await self.libvirt.stop()
+        if self.audit:  # after the entities: their last answers are recorded too
+            await self.audit.close()
         if self.permissions:
             await self.permissions.store.close()
+        if self.directory:
+            await self.directory.close()
 
     def _on_libvirt_state(self, connected: bool) -> None:
         if connected:
@@ -73,3 +114,8 @@ class Agent:
             log.warning("libvirt connection lost")
         if self.hypervisor:
             self.hypervisor.refresh_presence()
+        if connected:
+            self.spawn(self.vms.reconcile(), name="reconcile")
+        else:
+            for vm in self.vms.entities.values():
+                vm.set_presence("Libvirt connection lost", "dnd")

@@ -84,6 +84,10 @@ class HypervisorConfig:
     name: str
     database_path: Path
     permissions_database_path: Path
+    # The audit log (optional keys): its own file, rotated by age and row count (0: no bound).
+    audit_database_path: Path | None = None
+    audit_max_rows: int = 100_000
+    audit_max_days: int = 90
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,26 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class LdapConfig:
+    """The optional [LDAP] section: where people and their groups are looked up."""
+
+    uri: str
+    bind_dn: str
+    bind_password: str = field(repr=False)  # never in logs or tracebacks
+    base_dn: str
+    user_base: str
+    user_filter: str
+    uid_attribute: str
+    group_base: str
+    group_filter: str
+    group_member_attribute: str
+    admin_groups: frozenset[str]
+    cache_ttl: float
+    timeout: float
+    ca_file: Path | None = None
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     path: Path
     domain: str
@@ -115,6 +139,7 @@ class AgentConfig:
     vcard: dict[str, str]
     logging: LoggingConfig
     parser: configparser.ConfigParser = field(repr=False, compare=False)
+    ldap: LdapConfig | None = None
 
 
 def is_loopback(host: str) -> bool:
@@ -325,6 +350,7 @@ def load_config(path: str | os.PathLike) -> AgentConfig:
             backup_count=read.integer("LOGGING", "logging_backup_count", 0),
         ),
         parser=read.parser,
+        ldap=_ldap_section(read),
     )
 
 
@@ -378,7 +404,25 @@ def _hypervisor_section(read: _Reader, domain: str) -> HypervisorConfig:
         database_path=read.path_value(section, "hypervisor_database_path"),
         permissions_database_path=read.path_value(section,
                                                   "hypervisor_permissions_database_path"),
+        **_audit_keys(read, section),
     )
+
+
+def _audit_keys(read: _Reader, section: str) -> dict:
+    """``hypervisor_audit_*``: absent keys take their defaults (audit.sqlite3 in the lib folder)."""
+    def present(key: str) -> bool:
+        return read.parser.has_option(section, key)
+
+    lib_dir = read.path_value(configparser.DEFAULTSECT, "archipel_folder_lib")
+    return {
+        "audit_database_path": (read.path_value(section, "hypervisor_audit_database_path")
+                                if present("hypervisor_audit_database_path")
+                                else lib_dir / "audit.sqlite3"),
+        "audit_max_rows": (read.integer(section, "hypervisor_audit_max_rows", 0)
+                           if present("hypervisor_audit_max_rows") else 100_000),
+        "audit_max_days": (read.integer(section, "hypervisor_audit_max_days", 0)
+                           if present("hypervisor_audit_max_days") else 90),
+    }
 
 
 def _vcard_section(read: _Reader) -> dict[str, str]:
@@ -392,3 +436,113 @@ def _vcard_section(read: _Reader) -> dict[str, str]:
         if key not in VCARD_KEYS and key not in defaults
     ]
     return {key: read.raw(section, key, optional=True) for key in keys}
+
+
+LDAP_SCHEMES = ("ldap", "ldaps")
+_LDAP_ATTRIBUTE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*$")
+
+
+def _ldap_section(read: _Reader) -> LdapConfig | None:
+    """[LDAP] is optional; present without ``ldap_enabled`` it means enabled."""
+    section = "LDAP"
+    if not read.parser.has_section(section):
+        return None
+    if read.raw(section, "ldap_enabled", optional=True) and not read.boolean(section,
+                                                                           "ldap_enabled"):
+        return None
+
+    def optional(key: str, default: str) -> str:
+        return read.raw(section, key, optional=True) or default
+
+    uri = read.raw(section, "ldap_uri")
+    parts = urlsplit(uri)
+    if parts.scheme.lower() not in LDAP_SCHEMES or not parts.hostname:
+        raise read.error(section, "ldap_uri",
+                         f"expected an ldap:// or ldaps:// URI with a host, found {uri!r}")
+    base_dn = _dn(read, section, "ldap_base_dn", read.raw(section, "ldap_base_dn"))
+    bind_dn = read.raw(section, "ldap_bind_dn", optional=True)
+    if bind_dn:
+        _dn(read, section, "ldap_bind_dn", bind_dn)
+    bind_password = read.raw(section, "ldap_bind_password", optional=bool(not bind_dn))
+    if bind_password and not bind_dn:
+        raise read.error(section, "ldap_bind_password",
+                         "expected ldap_bind_dn too (a password without a bind DN)")
+    if bind_dn and parts.scheme.lower() == "ldap" and not is_loopback(parts.hostname):
+        raise read.error(section, "ldap_uri",
+                         f"the bind password may only travel in clear to a loopback address: "
+                         f"use ldaps:// for {parts.hostname!r}")
+    user_base = _dn(read, section, "ldap_user_base",
+                    optional("ldap_user_base", f"ou=people,{base_dn}"))
+    group_base = _dn(read, section, "ldap_group_base",
+                     optional("ldap_group_base", f"ou=groups,{base_dn}"))
+    user_filter = _filter(read, section, "ldap_user_filter",
+                          optional("ldap_user_filter", "(objectClass=inetOrgPerson)"))
+    group_filter = _filter(read, section, "ldap_group_filter",
+                           optional("ldap_group_filter", "(objectClass=groupOfNames)"))
+    uid_attribute = _attribute(read, section, "ldap_uid_attribute",
+                               optional("ldap_uid_attribute", "uid"))
+    member_attribute = _attribute(read, section, "ldap_group_member_attribute",
+                                  optional("ldap_group_member_attribute", "member"))
+    admin_text = read.raw(section, "ldap_admin_groups", optional=True)
+    if not read.parser.has_option(section, "ldap_admin_groups"):
+        admin_text = "admins"
+    cache_ttl = 60.0
+    if read.raw(section, "ldap_cache_ttl", optional=True):
+        cache_ttl = read.convert(section, "ldap_cache_ttl", _non_negative,
+                                 "a number of seconds >= 0")
+    timeout = 5.0
+    if read.raw(section, "ldap_timeout", optional=True):
+        timeout = read.positive_float(section, "ldap_timeout")
+    ca_file = read.path_value(section, "ldap_ca_file", optional=True)
+    if ca_file is not None and not (ca_file.is_file() and os.access(ca_file, os.R_OK)):
+        raise read.error(section, "ldap_ca_file",
+                         f"expected a readable CA bundle, found {str(ca_file)!r} "
+                         "(missing or unreadable)")
+    return LdapConfig(
+        uri=uri, bind_dn=bind_dn, bind_password=bind_password, base_dn=base_dn,
+        user_base=user_base, user_filter=user_filter, uid_attribute=uid_attribute,
+        group_base=group_base, group_filter=group_filter,
+        group_member_attribute=member_attribute,
+        admin_groups=frozenset(name.lower() for name in admin_text.split()),
+        cache_ttl=cache_ttl, timeout=timeout, ca_file=ca_file,
+    )
+
+
+def _non_negative(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number) or number < 0:
+        raise ValueError
+    return number
+
+
+def _dn(read: _Reader, section: str, key: str, value: str) -> str:
+    from ldap3.core.exceptions import LDAPInvalidDnError
+    from ldap3.utils.dn import parse_dn
+
+    try:
+        if not parse_dn(value):
+            raise LDAPInvalidDnError(value)
+    except (LDAPInvalidDnError, ValueError, IndexError):
+        raise read.error(section, key,
+                         f"expected a DN such as dc=example,dc=org, found {value!r}") from None
+    return value
+
+
+def _filter(read: _Reader, section: str, key: str, value: str) -> str:
+    depth = 0
+    balanced = value.startswith("(") and value.endswith(")")
+    for char in value:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth < 0:
+            balanced = False
+    if not balanced or depth != 0:
+        raise read.error(section, key,
+                         f"expected an LDAP filter in parentheses such as "
+                         f"(objectClass=inetOrgPerson), found {value!r}")
+    return value
+
+
+def _attribute(read: _Reader, section: str, key: str, value: str) -> str:
+    if not _LDAP_ATTRIBUTE.match(value):
+        raise read.error(section, key, f"expected an LDAP attribute name, found {value!r}")
+    return value

@@ -6,6 +6,7 @@ client works unchanged; errors also carry a standard XMPP condition.
 from __future__ import annotations
 
 import logging
+import time
 import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING
 
@@ -13,7 +14,7 @@ from slixmpp.xmlstream.handler import CoroutineCallback
 from slixmpp.xmlstream.matcher import MatchXPath
 
 from ..errors import ArchipelError, MalformedRequest, UnknownAction
-from .dispatch import run_command
+from .dispatch import record_refusal, run_command
 from .payload import as_elements, local_name, qualify
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -73,6 +74,8 @@ class AcpTransport:
         query = iq.xml.find(f"{{{namespace}}}query")
         archipel = query.find(f"{{{namespace}}}archipel") if query is not None else None
         action = archipel.get("action") if archipel is not None else None
+        started = time.perf_counter()
+        dispatched = False  # past this point run_command records the request itself
         try:
             if archipel is None:
                 raise MalformedRequest("missing <archipel> element in the query")
@@ -81,8 +84,12 @@ class AcpTransport:
             command = self.entity.agent.registry.lookup(self.entity.kind, namespace, action)
             if command is None:
                 raise UnknownAction(f"unknown action '{action}' in namespace {namespace}")
+            dispatched = True
             result = await run_command(self.entity, command, iq["from"], raw_arguments(archipel), "iq")
         except ArchipelError as exc:
+            if not dispatched:
+                record_refusal(self.entity, iq["from"], "iq", namespace, action, exc, started=started,
+                               raw=raw_arguments(archipel) if archipel is not None else None)
             self._send_error(iq, namespace, action, exc)
             return
         except Exception:  # a bug must still produce a reply, never silence

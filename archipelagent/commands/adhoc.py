@@ -10,8 +10,8 @@ import logging
 import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING
 
-from ..errors import ArchipelError, InvalidArgument
-from .dispatch import bare_jid, run_command
+from ..errors import ArchipelError, InvalidArgument, PermissionDenied
+from .dispatch import bare_jid, record_refusal, run_command
 from .payload import as_elements, render_text
 from .registry import Command
 
@@ -38,7 +38,10 @@ class AdhocTransport:
 
     def _starter(self, command: Command):
         async def start(iq, session):
-            return await self.start(command, iq, session)
+            try:
+                return await self.start(command, iq, session)
+            except ArchipelError as exc:  # e.g. LDAP unreachable during the early check
+                return self._finish(session, error=exc.message)
 
         return start
 
@@ -48,6 +51,8 @@ class AdhocTransport:
         if command.permission is not None and not await entity.agent.permissions.check(
             entity.jid, entity.kind, bare_jid(iq["from"]), command.permission
         ):
+            record_refusal(entity, iq["from"], "adhoc", command.namespace, command.action,
+                           PermissionDenied(command.action), command=command)
             return self._finish(session, error=f"Cannot use '{command.action}': permission denied")
         if not command.args:
             return await self._execute(command, session, {})
@@ -70,6 +75,8 @@ class AdhocTransport:
             try:
                 raw = self.form_values(command, form)
             except ArchipelError as exc:
+                record_refusal(self.entity, session["sender"], "adhoc", command.namespace, command.action,
+                               exc, command=command)
                 return self._finish(session, error=exc.message)
             return await self._execute(command, session, raw)
 

@@ -6,10 +6,11 @@ command then needs its own permission, checked by :func:`run_command`.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
-from ..errors import ArchipelError, InvalidArgument, PermissionDenied
-from .dispatch import bare_jid, run_command
+from ..errors import ArchipelError, InvalidArgument, PermissionDenied, UnknownAction
+from .dispatch import bare_jid, record_refusal, run_command
 from .payload import as_elements, render_text
 from .registry import Command
 
@@ -52,24 +53,37 @@ class ChatTransport:
             return
         if bare_jid(msg["from"]) == self.entity.jid:
             return
-        answer = await self.answer(msg["from"], body)
+        try:
+            answer = await self.answer(msg["from"], body)
+        except ArchipelError as exc:  # e.g. LDAP unreachable while checking 'message'
+            answer = f"Sorry, I cannot answer now: {exc.message}."
         msg.reply(answer).send()
 
     async def answer(self, sender, body: str) -> str:
         entity = self.entity
         perms = entity.agent.permissions
         sender_bare = bare_jid(sender)
+        started = time.perf_counter()
         if not await perms.check(entity.jid, entity.kind, sender_bare, "message"):
+            self._audit_refusal(sender, body, PermissionDenied("message"), started)
             return NOT_ALLOWED
         if body.lower() in ("help", "?", "commands"):
-            return await self.help_text(sender_bare)
+            text = await self.help_text(sender_bare)
+            record_refusal(entity, sender, "chat", "", "help", None, started=started)
+            return text
         match = entity.agent.registry.match_chat(entity.kind, body)
         if match is None:
             first = body.split()[0]
+            self._audit_refusal(sender, body, UnknownAction(f"unknown chat command {first!r}"), started)
             return f"I don't know '{first}'. Type 'help' to see what you can ask me."
         command, words = match
         try:
-            raw = positional_arguments(command, words)
+            try:
+                raw = positional_arguments(command, words)
+            except ArchipelError as exc:
+                record_refusal(entity, sender, "chat", command.namespace, command.action, exc,
+                               command=command, started=started)
+                raise
             result = await run_command(entity, command, sender, raw, "chat")
             render = command.chat_render or render_text
             return render(as_elements(result))
@@ -80,6 +94,20 @@ class ChatTransport:
         except Exception:
             log.exception("%s: chat command %r failed", entity.jid, body)
             return "Error: internal error, see the agent log."
+
+    def _audit_refusal(self, sender, body: str, error: ArchipelError, started: float) -> None:
+        """Audit a message refused before dispatch: the command it names if any, never the raw text."""
+        match = self.entity.agent.registry.match_chat(self.entity.kind, body)
+        if match is None:
+            record_refusal(self.entity, sender, "chat", "", body.split()[0].lower()[:64], error, started=started)
+            return
+        command, words = match
+        try:
+            raw = positional_arguments(command, words)
+        except ArchipelError:
+            raw = {}
+        record_refusal(self.entity, sender, "chat", command.namespace, command.action, error,
+                       raw=raw, command=command, started=started)
 
     async def help_text(self, sender_bare: str) -> str:
         entity = self.entity

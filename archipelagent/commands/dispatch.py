@@ -6,9 +6,11 @@ without its permission check, whatever path the request took.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
+from ..audit import record_request
 from ..errors import MissingArgument
 from .registry import Command
 
@@ -57,13 +59,34 @@ def parse_arguments(command: Command, raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 async def run_command(entity: "Entity", command: Command, sender: Any, raw: Mapping[str, Any], transport: str) -> Any:
-    """Check the sender's permission, parse the arguments, run the handler."""
+    """Check the sender's permission, parse the arguments, run the handler.
+
+    Whatever happens, the request is recorded in the audit log.
+    """
     sender_text = str(sender)
-    if command.permission is not None:
-        await entity.agent.permissions.require(
-            entity.jid, entity.kind, bare_jid(sender_text), command.permission, action=command.action
-        )
-    kwargs = parse_arguments(command, raw)
-    ctx = Context(entity=entity, command=command, sender=sender_text, transport=transport)
-    log.debug("%s: %s %s by %s via %s", entity.jid, command.namespace, command.action, bare_jid(sender_text), transport)
-    return await command.handler(ctx, **kwargs)
+    started = time.perf_counter()
+    error: BaseException | None = None
+    try:
+        if command.permission is not None:
+            await entity.agent.permissions.require(
+                entity.jid, entity.kind, bare_jid(sender_text), command.permission, action=command.action
+            )
+        kwargs = parse_arguments(command, raw)
+        ctx = Context(entity=entity, command=command, sender=sender_text, transport=transport)
+        log.debug("%s: %s %s by %s via %s", entity.jid, command.namespace, command.action, bare_jid(sender_text), transport)
+        return await command.handler(ctx, **kwargs)
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        record_request(entity, sender=sender_text, transport=transport, namespace=command.namespace,
+                       action=command.action, raw=raw, command=command, error=error, started=started)
+
+
+def record_refusal(entity: "Entity", sender: Any, transport: str, namespace: str | None, action: str | None,
+                   error: BaseException | None, *, raw: Mapping[str, Any] | None = None,
+                   command: Command | None = None, started: float | None = None) -> None:
+    """Audit a request the transport answered without :func:`run_command`: refusals (malformed,
+    unknown, gated, bad arguments) and chat's own ``help``."""
+    record_request(entity, sender=sender, transport=transport, namespace=namespace, action=action,
+                   raw=raw, command=command, error=error, started=started)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..xmpp.entity import Entity
+from ..permissions.roles_node import publish_roles
 
 
 class HypervisorEntity(Entity):
@@ -9,8 +10,8 @@ class HypervisorEntity(Entity):
     role = "hypervisor"
 
     def managed_vms(self) -> list[tuple[str, str]]:
-        """(name, full JID) of the VM entities this hypervisor runs; none before the VM layer."""
-        return []
+        """(name, full JID) of the VM entities this hypervisor runs."""
+        return [(vm.name, vm.full_jid) for vm in self.agent.vms.entities.values()]
 
     def vcard_fields(self) -> dict[str, str]:
         fields = super().vcard_fields()
@@ -24,5 +25,10 @@ class HypervisorEntity(Entity):
         else:
             self.set_presence(f"Online ({len(self.managed_vms())})")
 
+    @property
+    def full_jid(self) -> str:
+        return f"{self.jid}/{self.resource}"
+
     async def on_online(self) -> None:
         self.refresh_presence()
+        await publish_roles(self)

@@ -1,16 +1,45 @@
 """The one place that answers "may this JID do X on entity E?".
 
 It follows Archipel's order (admin, ``all``, unknown permission, explicit row,
-default) but applies defaults per permission: Archipel stopped applying any
-default as soon as a user had a single grant.
+default) but applies defaults per permission (Archipel stopped applying any
+default as soon as a user had a single grant), and adds grants to LDAP groups
+and through roles:
+
+1. a root admin (config), or a member of an ``ldap_admin_groups`` group → allowed;
+2. ``all`` granted to the user, to one of their groups, or in one of the roles
+   granted to the user or their groups → allowed;
+3. a permission unknown to this kind of entity → denied;
+4. an explicit row of the user decides (true or false);
+5. a role granted to the user, a row of one of their groups or a role granted
+   to one of their groups that contains the permission → allowed;
+6. the permission's default.
+
+Groups can only add rights, so the answer is first computed without them; LDAP
+is asked only when that answer is "no" and groups could change it (admin
+groups are configured or the entity has group grants).  If LDAP is then
+unreachable the check raises :class:`DirectoryUnavailable` — a decision that
+needs LDAP is never silently made without it.  Grants are read from the store
+on every check (never cached): a revocation applies to the next request.
+Only LDAP group membership is cached, by the directory, for ``ldap_cache_ttl``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+import re
+from typing import Iterable, Mapping, Protocol
 
-from archipelagent.errors import NotFound, PermissionDenied
-from archipelagent.permissions.store import PermissionStore, bare
+from archipelagent.errors import InvalidArgument, NotFound, PermissionDenied
+from archipelagent.permissions.store import (
+    GROUP,
+    ROLE_GROUP,
+    ROLE_USER,
+    USER,
+    EntityRows,
+    PermissionStore,
+    Role,
+    bare,
+    name_key,
+)
 
 ALL = "all"
 
@@ -39,13 +68,55 @@ CORE_PERMISSIONS: tuple[Permission, ...] = (
     Permission("subscription_remove", "Remove a contact from the entity's roster"),
 )
 
+ROLE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+class GroupDirectory(Protocol):
+    """What the center needs from the directory (``archipelagent.directory.Directory``)."""
+
+    async def groups(self, jid: str) -> frozenset[str]: ...
+
+
+def _decide(declared: Permission | None, permission: str, rows: EntityRows,
+            role_perms: Mapping[str, frozenset[str]], groups: frozenset[str]) -> bool:
+    """Steps 2-6 of the check order for a user in ``groups`` (admins are handled before)."""
+    group_rows = [rows.groups[group] for group in groups if group in rows.groups]
+    group_roles = set()
+    for group in groups:
+        group_roles.update(rows.group_roles.get(group, ()))
+
+    def in_roles(names, name: str) -> bool:
+        return any(name in role_perms.get(role, ()) for role in names)
+
+    if rows.user.get(ALL) is True or in_roles(rows.user_roles, ALL):
+        return True
+    if any(row.get(ALL) is True for row in group_rows) or in_roles(group_roles, ALL):
+        return True
+    if declared is None:
+        return False
+    explicit = rows.user.get(permission)
+    if explicit is not None:
+        return explicit
+    if in_roles(rows.user_roles, permission):
+        return True
+    if any(row.get(permission) is True for row in group_rows) or in_roles(group_roles, permission):
+        return True
+    return declared.default
+
 
 class PermissionCenter:
     """Catalogue of permissions per entity kind, plus the checks against the store."""
 
-    def __init__(self, store: PermissionStore, root_admins: Iterable[str]):
+    def __init__(self, store: PermissionStore, root_admins: Iterable[str],
+                 directory: GroupDirectory | None = None,
+                 admin_groups: Iterable[str] | None = None):
         self.store = store
         self.root_admins = frozenset(bare(jid) for jid in root_admins)
+        self.directory = directory
+        if admin_groups is None:
+            config = getattr(directory, "config", None)
+            admin_groups = getattr(config, "admin_groups", ())
+        self.admin_groups = frozenset(name_key(group) for group in admin_groups)
         self._catalogues: dict[str, dict[str, Permission]] = {}
 
     # -- catalogue -------------------------------------------------------------
@@ -67,27 +138,56 @@ class PermissionCenter:
     def lookup(self, kind: str, permission: str) -> Permission | None:
         return self._catalogue(kind).get(permission)
 
-    # -- admins ----------------------------------------------------------------
+    def known_anywhere(self, permission: str) -> bool:
+        """True when some kind of entity (or the core set) declares ``permission``."""
+        if any(p.name == permission for p in CORE_PERMISSIONS):
+            return True
+        return any(permission in catalogue for catalogue in self._catalogues.values())
+
+    # -- admins and groups -----------------------------------------------------
 
     def is_root_admin(self, user: str) -> bool:
         return bare(user) in self.root_admins
 
+    async def user_groups(self, user: str) -> frozenset[str]:
+        """The user's LDAP group cn's (empty without a directory); may raise DirectoryUnavailable."""
+        if self.directory is None:
+            return frozenset()
+        return frozenset(name_key(group) for group in await self.directory.groups(bare(user)))
+
     async def is_admin(self, user: str) -> bool:
-        """Root admins from the config; override to add admin sources (LDAP groups)."""
-        return self.is_root_admin(user)
+        """Root admins from the config, or members of an admin group (asks LDAP)."""
+        if self.is_root_admin(user):
+            return True
+        if self.directory is None or not self.admin_groups:
+            return False
+        return bool(self.admin_groups & await self.user_groups(user))
 
     # -- checks ----------------------------------------------------------------
 
+    async def _rows(self, entity: str, user: str) -> tuple[EntityRows, dict[str, frozenset[str]]]:
+        rows = await self.store.rows_for(entity, user)
+        names = set(rows.user_roles)
+        for roles in rows.group_roles.values():
+            names.update(roles)
+        return rows, await self.store.role_permissions(names)
+
+    async def _groups_for(self, user: str, rows: EntityRows) -> frozenset[str]:
+        if not rows.groups and not rows.group_roles:
+            return frozenset()  # no group grants here: membership cannot matter
+        return await self.user_groups(user)
+
     async def check(self, entity: str, kind: str, user: str, permission: str) -> bool:
+        if self.is_root_admin(user):
+            return True
+        rows, role_perms = await self._rows(entity, user)
+        declared = self.lookup(kind, permission)
+        if _decide(declared, permission, rows, role_perms, frozenset()):
+            return True  # groups only add rights: no need to ask LDAP
         if await self.is_admin(user):
             return True
-        grants = await self.store.grants(entity, user)
-        if grants.get(ALL) is True:
-            return True
-        declared = self.lookup(kind, permission)
-        if declared is None:
-            return False
-        return grants.get(permission, declared.default)
+        groups = await self._groups_for(user, rows)
+        return bool(groups) and _decide(declared, permission, rows, role_perms, groups)
 
     async def require(self, entity: str, kind: str, user: str, permission: str,
                       action: str | None = None) -> None:
@@ -95,27 +195,66 @@ class PermissionCenter:
             raise PermissionDenied(action or permission)
 
     async def effective(self, entity: str, kind: str, user: str) -> set[str]:
-        """The names of the permissions ``user`` holds on ``entity``."""
-        names = {permission.name for permission in self.catalogue(kind)}
+        """The names of the permissions ``user`` holds on ``entity`` (groups and roles included)."""
+        catalogue = self.catalogue(kind)
+        names = {permission.name for permission in catalogue}
+        if self.is_root_admin(user):
+            return names
+        rows, role_perms = await self._rows(entity, user)
+        held = {p.name for p in catalogue if _decide(p, p.name, rows, role_perms, frozenset())}
+        if held == names:
+            return names
         if await self.is_admin(user):
             return names
+        groups = await self._groups_for(user, rows)
+        if not groups:
+            return held
+        return {p.name for p in catalogue if _decide(p, p.name, rows, role_perms, groups)}
+
+    async def own_effective(self, entity: str, kind: str, user: str) -> set[str]:
+        """What ``user`` holds by their own user rows and defaults (no groups, no roles)."""
+        catalogue = self.catalogue(kind)
+        if self.is_root_admin(user):
+            return {permission.name for permission in catalogue}
         grants = await self.store.grants(entity, user)
         if grants.get(ALL) is True:
-            return names
-        return {permission.name for permission in self.catalogue(kind)
+            return {permission.name for permission in catalogue}
+        return {permission.name for permission in catalogue
                 if grants.get(permission.name, permission.default)}
 
-    async def explicit(self, entity: str, target: str) -> dict[str, bool]:
-        """The explicit rows of ``target`` on ``entity`` (what ``get`` reports)."""
-        return await self.store.grants(entity, target)
+    async def explicit(self, entity: str, target: str, target_type: str = USER) -> dict[str, bool]:
+        """The explicit rows of ``target`` on ``entity`` (what ``get`` reports).
+
+        For ``role_user``/``role_group`` the keys are role names.
+        """
+        return await self.store.grants(entity, target, target_type)
 
     # -- changes ---------------------------------------------------------------
 
     async def set_permission(self, entity: str, kind: str, target: str, permission: str,
-                             value: bool) -> None:
+                             value: bool, target_type: str = USER) -> None:
+        """Grant or revoke ``permission`` for a user or group, or a role (``role_*``: the name)."""
+        if target_type in (ROLE_USER, ROLE_GROUP):
+            role = name_key(permission)
+            if value:
+                if not await self.store.role_permissions([role]):
+                    raise NotFound(f"no role named '{role}'")
+                await self.store.set_grant(entity, target, role, True, target_type)
+            else:
+                await self.store.revoke(entity, target, role, target_type)
+            return
         declared = self.lookup(kind, permission)
         if declared is None:
             raise NotFound(f"no permission named '{permission}' on a {kind}")
+        if target_type == GROUP:
+            # A group row only ever adds a right: false is the absence of a row.
+            if value:
+                await self.store.set_grant(entity, target, permission, True, GROUP)
+            else:
+                await self.store.revoke(entity, target, permission, GROUP)
+            return
+        if target_type != USER:
+            raise ValueError(f"unknown target type {target_type!r}")
         if value or declared.default:
             await self.store.set_grant(entity, target, permission, bool(value))
         else:
@@ -124,7 +263,12 @@ class PermissionCenter:
 
     async def check_setown(self, entity: str, kind: str, sender: str,
                            changes: Iterable[tuple[str, str, bool]]) -> None:
-        """Refuse a ``setown`` that touches someone else or escalates the sender."""
+        """Refuse a ``setown`` that touches someone else or escalates the sender.
+
+        Only what the sender holds by their own rows or defaults counts: a right
+        held through a group or a role must not be copied into a personal row
+        that would outlive the group's or role's revocation.
+        """
         sender = bare(sender)
         held: set[str] | None = None
         for target, permission, value in changes:
@@ -135,7 +279,30 @@ class PermissionCenter:
             if permission == ALL:
                 raise PermissionDenied("setown", "setown cannot grant 'all'")
             if held is None:
-                held = await self.effective(entity, kind, sender)
+                held = await self.own_effective(entity, kind, sender)
             if permission not in held:
                 raise PermissionDenied(
                     "setown", f"setown cannot grant '{permission}', which the sender lacks")
+
+    # -- roles -----------------------------------------------------------------
+
+    async def roles(self) -> list[Role]:
+        return sorted((await self.store.roles()).values(), key=lambda role: role.name)
+
+    async def set_role(self, name: str, permissions: Iterable[str], description: str = "",
+                       creator: str = "") -> Role:
+        """Create or replace a role; every permission must exist on some kind of entity."""
+        key = name.strip().lower()
+        if not ROLE_NAME.match(key):
+            raise InvalidArgument("name", "a role name is 1-64 letters, digits, '.', '_' or '-', "
+                                          f"starting with a letter or digit, got {name!r}")
+        permissions = sorted(set(permissions))
+        for permission in permissions:
+            if not self.known_anywhere(permission):
+                raise NotFound(f"no permission named '{permission}'")
+        await self.store.set_role(key, permissions, description, bare(creator) if creator else "")
+        return Role(key, frozenset(permissions), description, bare(creator) if creator else "")
+
+    async def delete_role(self, name: str) -> None:
+        if not await self.store.delete_role(name):
+            raise NotFound(f"no role named '{name.strip().lower()}'")

@@ -22,6 +22,7 @@ from ..commands.adhoc import AdhocTransport
 from ..commands.chat import ChatTransport
 from ..commands.dispatch import bare_jid
 from ..config import is_loopback
+from ..errors import Unavailable
 from .provisioning import HttpApiProvisioner, ProvisioningError
 from .pubsub import EventsNode
 
@@ -53,6 +54,7 @@ class Entity:
         self._auth_rejected = False
         self._provision_attempted = False
         self._reconnect_now = False
+        self._stream_closed = asyncio.Event()
         cfg = agent.config.xmpp
         self._backoff = Backoff(cfg.reconnect_min_delay, cfg.reconnect_max_delay)
         self.xmpp = self._make_client()
@@ -153,6 +155,8 @@ class Entity:
     def _on_disconnected(self, reason) -> None:
         was_online = self.online.is_set()
         self.online.clear()
+        self.events.ready = False
+        self._stream_closed.set()
         if self._stopping:
             return
         if was_online:
@@ -215,14 +219,32 @@ class Entity:
         except IqTimeout:
             log.error("%s: in-band registration timed out", self.jid)
 
-    async def remove_account(self) -> None:
-        """Delete this entity's account (XEP-0077 <remove/> or the HTTP API)."""
+    async def remove_account(self, timeout: float = 10) -> None:
+        """Delete this entity's account (XEP-0077 <remove/> or the HTTP API); no reconnection after.
+
+        ejabberd closes the stream of a removed account, often before the IQ
+        result arrives: the stream closing counts as success.
+        """
+        self._stopping = True
+        if self._reconnect_handle:
+            self._reconnect_handle.cancel()
         cfg = self.agent.config.xmpp
         user, host = self.jid.split("@", 1)
         if cfg.account_provisioning == "http_api":
             await HttpApiProvisioner(cfg.http_api_url).unregister(user, host)
-        elif self.online.is_set():
-            await self.xmpp.plugin["xep_0077"].cancel_registration(timeout=10)
+            return
+        if not self.online.is_set():
+            raise ProvisioningError(f"{self.jid} is offline: its account cannot be removed in-band")
+        self._stream_closed.clear()
+        reply = asyncio.ensure_future(self.xmpp.plugin["xep_0077"].cancel_registration(timeout=timeout))
+        closed = asyncio.ensure_future(self._stream_closed.wait())
+        done, pending = await asyncio.wait({reply, closed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for future in pending:
+            future.cancel()
+        if not done:
+            raise ProvisioningError(f"{self.jid}: no answer to the account removal")
+        if reply in done and reply.exception() is not None:
+            raise ProvisioningError(f"{self.jid}: account removal refused: {reply.exception()}")
 
     # ------------------------------------------------------------- session
     async def _on_session_start(self, _event) -> None:
@@ -283,7 +305,12 @@ class Entity:
     async def _on_subscribe(self, presence) -> None:
         """Accept a subscription only from someone holding ``presence``."""
         sender = bare_jid(presence["from"])
-        allowed = await self.agent.permissions.check(self.jid, self.kind, sender, "presence")
+        try:
+            allowed = await self.agent.permissions.check(self.jid, self.kind, sender, "presence")
+        except Unavailable as exc:
+            # Neither accept nor refuse: the request stays pending and is decided when it is sent again.
+            log.warning("%s: subscription from %s left pending: %s", self.jid, sender, exc.message)
+            return
         if allowed:
             self.xmpp.send_presence(pto=sender, ptype="subscribed")
             self.xmpp.send_presence(pto=sender, ptype="subscribe")

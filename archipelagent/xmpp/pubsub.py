@@ -27,9 +27,11 @@ def events_node(bare_jid: str) -> str:
 
 
 def push_element(namespace: str, change: str, children: Iterable[ET.Element] = ()) -> ET.Element:
-    """``<push xmlns="archipel:push:<ns>" date=... change=...>``."""
+    """``<push xmlns="archipel:push:<ns>" date=... change=...>`` (``ns`` with or without the prefix)."""
+    if not namespace.startswith("archipel:push:"):
+        namespace = f"archipel:push:{namespace}"
     el = ET.Element(
-        f"{{archipel:push:{namespace}}}push",
+        f"{{{namespace}}}push",
         {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S.%f"), "change": change},
     )
     for child in children:

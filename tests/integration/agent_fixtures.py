@@ -50,7 +50,11 @@ class AgentHandle:
 
 def write_config(stack, lib_dir, overrides=None, password="hv-secret-" + uuid.uuid4().hex):
     base = {"HYPERVISOR": {"hypervisor_name": HV_NAME}, "LOGGING": {"logging_level": "info"},
-            "XMPP": {"reconnect_min_delay": "0.5", "reconnect_max_delay": "5"}}
+            "XMPP": {"reconnect_min_delay": "0.5", "reconnect_max_delay": "5"},
+            # Short cache: the LDAP-down test waits it out (test_ldap_groups.py).
+            "LDAP": {"ldap_uri": stack.ldap_uri, "ldap_bind_dn": stack.ldap_bind_dn,
+                     "ldap_bind_password": stack.ldap_bind_password,
+                     "ldap_base_dn": stack.ldap_base_dn, "ldap_cache_ttl": "1", "ldap_timeout": "3"}}
     for section, values in (overrides or {}).items():
         base.setdefault(section, {}).update(values)
     return stack.write_agent_config(
@@ -117,3 +121,13 @@ def permission_item(target: str, name: str, value: bool = True) -> ET.Element:
 
 async def grant(admin_client: Client, entity_full_jid: str, target: str, *names: str, value: bool = True) -> None:
     await admin_client.acp(entity_full_jid, PERMS_NS, "set", children=[permission_item(target, n, value) for n in names])
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def agent_is_serving(request):
+    """Some tests restart ejabberd/libvirtd: each agent test starts once the hypervisor serves again."""
+    if "agent" in request.fixturenames:
+        handle = request.getfixturevalue("agent")
+        client = request.getfixturevalue("admin")
+        await handle.wait_ready(client)
+    yield

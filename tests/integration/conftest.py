@@ -22,4 +22,4 @@ def stack():
 # ---- end of rig part ---------------------------------------------------------
 
 # ---- agent under test and real clients (see agent_fixtures.py) ---------------
-from agent_fixtures import admin, agent, agent_process, new_user  # noqa: E402,F401
+from agent_fixtures import admin, agent, agent_is_serving, agent_process, new_user  # noqa: E402,F401

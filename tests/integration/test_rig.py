@@ -242,6 +242,10 @@ def test_restart_libvirtd_keeps_running_domains(stack):
     conn = libvirt.open(stack.libvirt_uri)
     name = unique("keep-")
     dom = _define(conn, stack, name)
+    # Let QEMU finish starting: a libvirtd restarted while a guest is still
+    # being brought up can fail to re-attach and kill it (seen once here).
+    time.sleep(1.0)
+    assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
     qemu_before = set(stack.libvirtd.qemu_pids())
     conn.close()
     old_pid = stack.status()["pids"]["libvirtd"]

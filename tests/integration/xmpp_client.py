@@ -44,6 +44,10 @@ class Client:
         self.presences: list = []
         self.pubsub_events: asyncio.Queue = asyncio.Queue()
         self._session: asyncio.Future | None = None
+        self._closing = False
+        self._reconnecting: asyncio.Task | None = None
+        self.ready = asyncio.Event()  # a session is up (tests survive server restarts)
+        self.xmpp.add_event_handler("disconnected", self._on_disconnected)
         self.xmpp.add_event_handler("message", self._on_message)
         self.xmpp.add_event_handler("presence", self._on_presence)
         self.xmpp.add_event_handler("session_start", self._on_session)
@@ -54,7 +58,27 @@ class Client:
         if msg["type"] in ("chat", "normal") and msg["body"]:
             self.messages.put_nowait(msg)
 
+    def _on_disconnected(self, _reason):
+        self.ready.clear()
+        if not self._closing and (self._reconnecting is None or self._reconnecting.done()):
+            self._reconnecting = asyncio.ensure_future(self._reconnect_loop())
+
+    async def _reconnect_loop(self):
+        """The rig restarts ejabberd under some tests: log in again by ourselves."""
+        while not self._closing and not self.ready.is_set():
+            await asyncio.sleep(0.5)
+            if self._closing or self.ready.is_set():
+                return
+            try:
+                await self.connect(timeout=10)
+            except Exception:  # noqa: BLE001 - server not back yet
+                continue
+
+    async def _ensure_ready(self, timeout: float = 60):
+        await asyncio.wait_for(self.ready.wait(), timeout)
+
     def _on_session(self, _event):
+        self.ready.set()
         if self._session and not self._session.done():
             self._session.set_result(True)
 
@@ -96,18 +120,12 @@ class Client:
         return self
 
     async def reconnect(self, timeout: float = 60) -> "Client":
-        """After a server restart: wait for the old stream to drop, then log in again."""
-        self.xmpp.abort()
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            try:
-                return await self.connect(timeout=10)
-            except RuntimeError:
-                if asyncio.get_running_loop().time() > deadline:
-                    raise
-                await asyncio.sleep(0.5)
+        """After a server restart: wait until the client logged in again by itself."""
+        await self._ensure_ready(timeout)
+        return self
 
     async def close(self) -> None:
+        self._closing = True
         try:
             await asyncio.wait_for(self.xmpp.disconnect(wait=0.5), 5)
         except Exception:  # noqa: BLE001
@@ -116,6 +134,7 @@ class Client:
     async def acp(self, to: str, namespace: str, action: str | None, attrs: dict | None = None,
                   children: Iterable[ET.Element] = (), *, with_archipel: bool = True, timeout: float = 30) -> ET.Element:
         """Send an ACP; return the reply's <query>, raise AcpError on an error reply."""
+        await self._ensure_ready()
         iq = self.xmpp.make_iq_get(ito=to)
         query = ET.Element(f"{{{namespace}}}query")
         if with_archipel:
@@ -136,6 +155,7 @@ class Client:
         return found
 
     async def chat(self, to: str, body: str, timeout: float = 15) -> str:
+        await self._ensure_ready()
         while not self.messages.empty():
             self.messages.get_nowait()
         self.xmpp.send_message(mto=to, mbody=body, mtype="chat")
@@ -145,4 +165,5 @@ class Client:
                 return msg["body"]
 
     async def ping(self, to: str, timeout: float = 10) -> float:
+        await self._ensure_ready()
         return await self.xmpp.plugin["xep_0199"].ping(jid=to, timeout=timeout)

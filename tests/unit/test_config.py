@@ -327,3 +327,129 @@ def test_config_error_format_without_section():
         "/etc/a.conf: line 3: file not found")
     assert str(ConfigError("/etc/a.conf", "XMPP", "xmpp_port", "bad")) == (
         "/etc/a.conf: [XMPP] xmpp_port: bad")
+
+
+# -- [LDAP] ---------------------------------------------------------------------
+
+LDAP_MINIMAL = {
+    "ldap_uri": "ldap://127.0.0.1:389",
+    "ldap_bind_dn": "cn=admin,dc=archipel,dc=test",
+    "ldap_bind_password": "s3cret-bind",
+    "ldap_base_dn": "dc=archipel,dc=test",
+}
+
+
+def with_ldap(tmp_path: Path, **values: str | None) -> Path:
+    raw = sample_parser()
+    raw.add_section("LDAP")
+    for key, value in {**LDAP_MINIMAL, **values}.items():
+        if value is not None:
+            raw.set("LDAP", key, value)
+    return write(tmp_path, raw)
+
+
+def test_ldap_is_off_without_the_section():
+    assert load_config(SAMPLE).ldap is None
+
+
+def test_ldap_defaults(tmp_path):
+    ldap = load_config(with_ldap(tmp_path)).ldap
+    assert ldap is not None
+    assert ldap.uri == "ldap://127.0.0.1:389"
+    assert ldap.bind_dn == "cn=admin,dc=archipel,dc=test"
+    assert ldap.bind_password == "s3cret-bind"
+    assert ldap.base_dn == "dc=archipel,dc=test"
+    assert ldap.user_base == "ou=people,dc=archipel,dc=test"
+    assert ldap.group_base == "ou=groups,dc=archipel,dc=test"
+    assert ldap.user_filter == "(objectClass=inetOrgPerson)"
+    assert ldap.group_filter == "(objectClass=groupOfNames)"
+    assert (ldap.uid_attribute, ldap.group_member_attribute) == ("uid", "member")
+    assert ldap.admin_groups == frozenset({"admins"})
+    assert (ldap.cache_ttl, ldap.timeout) == (60.0, 5.0)
+    assert ldap.ca_file is None
+
+
+def test_ldap_explicit_values(tmp_path):
+    ldap = load_config(with_ldap(
+        tmp_path, ldap_enabled="yes", ldap_user_base="ou=staff,dc=archipel,dc=test",
+        ldap_group_base="ou=teams,dc=archipel,dc=test",
+        ldap_user_filter="(&(objectClass=person)(!(loginShell=/bin/false)))",
+        ldap_group_filter="(objectClass=groupOfUniqueNames)", ldap_uid_attribute="sAMAccountName",
+        ldap_group_member_attribute="uniqueMember", ldap_admin_groups="Admins  it-staff",
+        ldap_cache_ttl="0", ldap_timeout="2.5")).ldap
+    assert ldap.user_base == "ou=staff,dc=archipel,dc=test"
+    assert ldap.group_base == "ou=teams,dc=archipel,dc=test"
+    assert ldap.user_filter.startswith("(&(objectClass=person)")
+    assert (ldap.uid_attribute, ldap.group_member_attribute) == ("sAMAccountName", "uniqueMember")
+    assert ldap.admin_groups == frozenset({"admins", "it-staff"})
+    assert (ldap.cache_ttl, ldap.timeout) == (0.0, 2.5)
+
+
+def test_ldap_disabled_section_is_ignored(tmp_path):
+    assert load_config(with_ldap(tmp_path, ldap_enabled="false", ldap_uri="garbage")).ldap is None
+
+
+def test_ldap_empty_admin_groups_means_none(tmp_path):
+    assert load_config(with_ldap(tmp_path, ldap_admin_groups="")).ldap.admin_groups == frozenset()
+
+
+def test_ldap_anonymous_bind(tmp_path):
+    ldap = load_config(with_ldap(tmp_path, ldap_bind_dn=None, ldap_bind_password=None,
+                                 ldap_uri="ldap://ldap.example.org")).ldap
+    assert (ldap.bind_dn, ldap.bind_password) == ("", "")
+
+
+def test_ldap_password_stays_out_of_repr_and_errors(tmp_path):
+    config = load_config(with_ldap(tmp_path))
+    assert "s3cret-bind" not in repr(config) and "s3cret-bind" not in repr(config.ldap)
+    error = expect_error(with_ldap(tmp_path, ldap_bind_password="100%s3cret"), "LDAP",
+                         "ldap_bind_password")
+    assert "s3cret" not in str(error)
+
+
+def test_ldap_ldaps_with_a_ca_file(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    ldap = load_config(with_ldap(tmp_path, ldap_uri="ldaps://ldap.example.org",
+                                 ldap_ca_file=str(ca))).ldap
+    assert ldap.uri == "ldaps://ldap.example.org" and ldap.ca_file == ca
+
+
+@pytest.mark.parametrize("key", ["ldap_uri", "ldap_base_dn", "ldap_bind_password"])
+def test_ldap_required_keys(tmp_path, key):
+    error = expect_error(with_ldap(tmp_path, **{key: None}), "LDAP", key)
+    assert "missing" in error.reason
+
+
+@pytest.mark.parametrize("key,value", [
+    ("ldap_enabled", "perhaps"),
+    ("ldap_uri", "http://127.0.0.1"),
+    ("ldap_uri", "127.0.0.1:389"),
+    ("ldap_uri", "ldap://"),
+    ("ldap_base_dn", "archipel.test"),
+    ("ldap_bind_dn", "admin"),
+    ("ldap_user_base", "people"),
+    ("ldap_group_base", "=groups"),
+    ("ldap_user_filter", "objectClass=inetOrgPerson"),
+    ("ldap_user_filter", "(objectClass=inetOrgPerson))("),
+    ("ldap_group_filter", "((objectClass=groupOfNames)"),
+    ("ldap_uid_attribute", "uid)(cn=*"),
+    ("ldap_group_member_attribute", "mem ber"),
+    ("ldap_cache_ttl", "-1"),
+    ("ldap_cache_ttl", "soon"),
+    ("ldap_timeout", "0"),
+    ("ldap_timeout", "inf"),
+    ("ldap_ca_file", "/nonexistent/ca.pem"),
+])
+def test_ldap_bad_value(tmp_path, key, value):
+    error = expect_error(with_ldap(tmp_path, **{key: value}), "LDAP", key)
+    assert "expected" in error.reason
+
+
+def test_ldap_clear_bind_to_a_remote_server_is_refused(tmp_path):
+    error = expect_error(with_ldap(tmp_path, ldap_uri="ldap://ldap.example.org"), "LDAP", "ldap_uri")
+    assert "ldaps://" in error.reason
+
+
+def test_ldap_password_without_bind_dn(tmp_path):
+    expect_error(with_ldap(tmp_path, ldap_bind_dn=None), "LDAP", "ldap_bind_password")

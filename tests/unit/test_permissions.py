@@ -276,3 +276,239 @@ async def test_setown_allows_revoking_and_regranting_held(center):
         (ALICE, "all", False),
         (ALICE, "permission_set", False),
     ])
+
+
+# -- groups and roles -------------------------------------------------------------
+
+from archipelagent.directory import DirectoryUnavailable  # noqa: E402
+
+STUDENT = "student1@archipel.test"
+TEACHER = "teacher1@archipel.test"
+BOSS = "boss@archipel.test"
+
+
+class FakeDirectory:
+    """Group membership by bare JID; ``down`` makes every lookup fail like a dead slapd."""
+
+    def __init__(self, members: dict[str, set[str]]):
+        self.members = members
+        self.down = False
+        self.lookups = 0
+
+    async def groups(self, jid: str) -> frozenset[str]:
+        self.lookups += 1
+        if self.down:
+            raise DirectoryUnavailable("ldap://127.0.0.1:1: Connection refused")
+        return frozenset(self.members.get(bare(jid), set()))
+
+
+@pytest.fixture
+def directory():
+    return FakeDirectory({STUDENT: {"Students"}, TEACHER: {"teachers"}, BOSS: {"admins"},
+                          ALICE: {"students"}})
+
+
+@pytest_asyncio.fixture
+async def ldap_center(store, directory):
+    center = PermissionCenter(store, [ADMIN], directory=directory, admin_groups=["Admins"])
+    center.declare("vm", Permission("start", "Start the VM"))
+    center.declare("vm", Permission("stop", "Stop the VM"))
+    center.declare("vm", Permission("screenshot", "See the screen", default=True))
+    center.declare("hypervisor", Permission("alloc", "Create a VM"))
+    center.declare("hypervisor", Permission("capabilities", "Capabilities"))
+    return center
+
+
+@pytest.mark.asyncio
+async def test_ldap_admin_group_members_are_admins(ldap_center):
+    assert await ldap_center.check(VM, "vm", BOSS, "start")
+    assert await ldap_center.check(VM, "vm", BOSS, "not_declared")
+    assert await ldap_center.is_admin(BOSS)
+    assert not await ldap_center.is_admin(STUDENT)
+    assert await ldap_center.effective(HV, "hypervisor", BOSS) == {
+        p.name for p in ldap_center.catalogue("hypervisor")}
+
+
+@pytest.mark.asyncio
+async def test_group_grant_allows_members_only(ldap_center):
+    await ldap_center.set_permission(HV, "hypervisor", "students", "alloc", True, "group")
+    assert await ldap_center.check(HV, "hypervisor", STUDENT + "/web", "alloc")  # cn is case-insensitive
+    assert not await ldap_center.check(HV, "hypervisor", TEACHER, "alloc")
+    assert not await ldap_center.check(HV, "hypervisor", STUDENT, "capabilities")
+    assert not await ldap_center.check(VM, "vm", STUDENT, "start")  # per entity
+
+
+@pytest.mark.asyncio
+async def test_revoking_a_group_grant_applies_at_once(ldap_center, directory):
+    await ldap_center.set_permission(HV, "hypervisor", "students", "alloc", True, "group")
+    assert await ldap_center.check(HV, "hypervisor", STUDENT, "alloc")
+    await ldap_center.set_permission(HV, "hypervisor", "students", "alloc", False, "group")
+    assert not await ldap_center.check(HV, "hypervisor", STUDENT, "alloc")
+    assert await ldap_center.explicit(HV, "students", "group") == {}
+
+
+@pytest.mark.asyncio
+async def test_role_granted_to_a_group(ldap_center):
+    await ldap_center.set_role("student", ["alloc", "capabilities", "start"], "Students", ADMIN)
+    await ldap_center.set_permission(HV, "hypervisor", "students", "student", True, "role_group")
+    assert await ldap_center.check(HV, "hypervisor", STUDENT, "capabilities")
+    assert await ldap_center.check(HV, "hypervisor", STUDENT, "alloc")
+    assert not await ldap_center.check(HV, "hypervisor", STUDENT, "permission_set")
+    assert not await ldap_center.check(HV, "hypervisor", TEACHER, "capabilities")
+    # Changing the role changes what it grants, everywhere, at once.
+    await ldap_center.set_role("student", ["alloc"])
+    assert not await ldap_center.check(HV, "hypervisor", STUDENT, "capabilities")
+    await ldap_center.delete_role("student")
+    assert not await ldap_center.check(HV, "hypervisor", STUDENT, "alloc")
+    assert await ldap_center.explicit(HV, "students", "role_group") == {}
+
+
+@pytest.mark.asyncio
+async def test_role_granted_to_a_user_needs_no_ldap(ldap_center, directory):
+    await ldap_center.set_role("teacher", ["capabilities", "permission_get"])
+    await ldap_center.set_permission(HV, "hypervisor", TEACHER, "teacher", True, "role_user")
+    directory.down = True
+    assert await ldap_center.check(HV, "hypervisor", TEACHER, "capabilities")
+    with pytest.raises(DirectoryUnavailable):
+        await ldap_center.check(HV, "hypervisor", TEACHER, "alloc")
+
+
+@pytest.mark.asyncio
+async def test_all_through_a_group_or_a_role(ldap_center):
+    await ldap_center.set_permission(VM, "vm", "teachers", "all", True, "group")
+    assert await ldap_center.check(VM, "vm", TEACHER, "start")
+    assert await ldap_center.check(VM, "vm", TEACHER, "not_declared")
+    await ldap_center.set_role("operator", ["all"])
+    await ldap_center.set_permission(HV, "hypervisor", "students", "operator", True, "role_group")
+    assert await ldap_center.check(HV, "hypervisor", STUDENT, "alloc")
+    # all beats even an explicit user row
+    await ldap_center.set_permission(HV, "hypervisor", STUDENT, "alloc", False)
+    assert await ldap_center.check(HV, "hypervisor", STUDENT, "alloc")
+
+
+@pytest.mark.asyncio
+async def test_explicit_user_row_beats_group_and_role_grants(ldap_center):
+    await ldap_center.set_permission(VM, "vm", "students", "start", True, "group")
+    await ldap_center.set_role("viewer", ["stop"])
+    await ldap_center.set_permission(VM, "vm", "students", "viewer", True, "role_group")
+    await ldap_center.set_permission(VM, "vm", ALICE, "viewer", True, "role_user")
+    # An explicit false needs a stored row: screenshot defaults to true, so false is stored.
+    await ldap_center.set_permission(VM, "vm", ALICE, "screenshot", False)
+    await ldap_center.store.set_grant(VM, ALICE, "start", False)
+    await ldap_center.store.set_grant(VM, ALICE, "stop", False)
+    assert not await ldap_center.check(VM, "vm", ALICE, "start")
+    assert not await ldap_center.check(VM, "vm", ALICE, "stop")
+    assert not await ldap_center.check(VM, "vm", ALICE, "screenshot")
+    assert await ldap_center.check(VM, "vm", STUDENT, "start")
+    assert await ldap_center.check(VM, "vm", STUDENT, "stop")
+
+
+@pytest.mark.asyncio
+async def test_unknown_permission_in_a_group_row_is_denied(ldap_center, store):
+    await store.set_grant(VM, "students", "ghost", True, target_type="group")
+    assert not await ldap_center.check(VM, "vm", STUDENT, "ghost")
+
+
+@pytest.mark.asyncio
+async def test_ldap_down_refuses_decisions_that_need_groups(ldap_center, directory):
+    await ldap_center.set_permission(HV, "hypervisor", "students", "capabilities", True, "group")
+    await ldap_center.set_permission(HV, "hypervisor", BOB, "capabilities", True)
+    directory.down = True
+    with pytest.raises(DirectoryUnavailable, match="LDAP is unreachable"):
+        await ldap_center.check(HV, "hypervisor", STUDENT, "capabilities")
+    with pytest.raises(DirectoryUnavailable):
+        await ldap_center.require(HV, "hypervisor", STUDENT, "capabilities")
+    with pytest.raises(DirectoryUnavailable):  # may be an LDAP admin: cannot say no either
+        await ldap_center.check(HV, "hypervisor", BOSS, "alloc")
+    # Decisions that do not depend on groups still work.
+    assert await ldap_center.check(HV, "hypervisor", ADMIN, "alloc")
+    assert await ldap_center.check(HV, "hypervisor", BOB, "capabilities")
+    assert await ldap_center.check(VM, "vm", STUDENT, "screenshot")  # default true
+    directory.down = False
+    assert await ldap_center.check(HV, "hypervisor", STUDENT, "capabilities")
+
+
+@pytest.mark.asyncio
+async def test_no_ldap_lookup_when_groups_cannot_matter(store, directory):
+    center = PermissionCenter(store, [ADMIN], directory=directory, admin_groups=[])
+    center.declare("vm", Permission("start", "Start the VM"))
+    directory.down = True
+    assert not await center.check(VM, "vm", STUDENT, "start")  # no group grant on VM
+    assert directory.lookups == 0
+    await center.set_permission(VM, "vm", "students", "start", True, "group")
+    with pytest.raises(DirectoryUnavailable):
+        await center.check(VM, "vm", STUDENT, "start")
+
+
+@pytest.mark.asyncio
+async def test_effective_includes_groups_and_roles(ldap_center):
+    await ldap_center.set_role("student", ["capabilities"])
+    await ldap_center.set_permission(HV, "hypervisor", "students", "student", True, "role_group")
+    await ldap_center.set_permission(HV, "hypervisor", "students", "alloc", True, "group")
+    assert await ldap_center.effective(HV, "hypervisor", STUDENT) == {"alloc", "capabilities"}
+    assert await ldap_center.effective(HV, "hypervisor", TEACHER) == set()
+
+
+@pytest.mark.asyncio
+async def test_setown_cannot_copy_group_or_role_rights(ldap_center):
+    await ldap_center.set_role("student", ["capabilities"])
+    await ldap_center.set_permission(HV, "hypervisor", "students", "student", True, "role_group")
+    await ldap_center.set_permission(HV, "hypervisor", "students", "alloc", True, "group")
+    await ldap_center.set_permission(HV, "hypervisor", STUDENT, "permission_setown", True)
+    for permission in ("capabilities", "alloc"):
+        with pytest.raises(PermissionDenied, match=permission):
+            await ldap_center.check_setown(HV, "hypervisor", STUDENT, [(STUDENT, permission, True)])
+    await ldap_center.check_setown(HV, "hypervisor", STUDENT, [(STUDENT, "permission_setown", True)])
+
+
+@pytest.mark.asyncio
+async def test_role_validation(ldap_center):
+    with pytest.raises(NotFound, match="fly"):
+        await ldap_center.set_role("pilot", ["fly"])
+    from archipelagent.errors import InvalidArgument
+    for bad in ("", "a b", "x" * 65, "*)(cn=*", "-dash"):
+        with pytest.raises(InvalidArgument):
+            await ldap_center.set_role(bad, ["alloc"])
+    with pytest.raises(NotFound, match="nobody"):
+        await ldap_center.delete_role("nobody")
+    with pytest.raises(NotFound, match="ghost"):
+        await ldap_center.set_permission(HV, "hypervisor", "students", "ghost", True, "role_group")
+    role = await ldap_center.set_role("Teacher", ["alloc", "start", "alloc"], "Staff", "Admin@archipel.test/x")
+    assert (role.name, role.permissions, role.creator) == ("teacher", {"alloc", "start"}, ADMIN)
+    assert [r.name for r in await ldap_center.roles()] == ["teacher"]
+
+
+@pytest.mark.asyncio
+async def test_roles_persist_and_delete_cascades(tmp_path):
+    path = tmp_path / "p.sqlite3"
+    store = await PermissionStore.open(path)
+    await store.set_role("student", ["alloc", "capabilities"], "Students", ADMIN)
+    await store.set_role("empty", [])
+    await store.set_grant(HV, "students", "student", True, target_type="role_group")
+    await store.set_grant(VM, ALICE, "student", True, target_type="role_user")
+    await store.close()
+    store = await PermissionStore.open(path)
+    try:
+        roles = await store.roles()
+        assert roles["student"].permissions == {"alloc", "capabilities"}
+        assert roles["student"].description == "Students" and roles["empty"].permissions == frozenset()
+        assert await store.role_permissions(["STUDENT", "nope"]) == {"student": {"alloc", "capabilities"}}
+        rows = await store.rows_for(VM, ALICE.upper())
+        assert rows.user_roles == {"student"}
+        assert await store.delete_role("student")
+        assert not await store.delete_role("student")
+        assert await store.targets(HV) == [] and await store.targets(VM) == []
+    finally:
+        await store.close()
+
+
+@pytest.mark.asyncio
+async def test_rows_for_reads_one_user_and_every_group(store):
+    await store.set_grant(VM, ALICE, "start", True)
+    await store.set_grant(VM, BOB, "stop", True)
+    await store.set_grant(VM, "Students", "start", True, target_type="group")
+    await store.set_grant(VM, "teachers", "operator", True, target_type="role_group")
+    rows = await store.rows_for(VM, ALICE)
+    assert rows.user == {"start": True}
+    assert rows.groups == {"students": {"start": True}}
+    assert rows.group_roles == {"teachers": {"operator"}}

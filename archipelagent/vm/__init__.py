@@ -1,0 +1,1 @@
+"""Virtual machines as Jabber entities: the entity, its presence, its commands."""
