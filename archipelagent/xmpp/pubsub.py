@@ -9,6 +9,8 @@ from typing import Iterable
 
 from slixmpp.exceptions import IqError, IqTimeout
 
+from ..commands.payload import qualify
+
 log = logging.getLogger(__name__)
 
 NODE_CONFIG = {
@@ -35,7 +37,7 @@ def push_element(namespace: str, change: str, children: Iterable[ET.Element] = (
         {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S.%f"), "change": change},
     )
     for child in children:
-        el.append(child)
+        el.append(qualify(child, namespace))  # children live in the push namespace, as the client reads them
     return el
 
 

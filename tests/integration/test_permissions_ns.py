@@ -100,3 +100,20 @@ async def test_all_grants_everything(agent, admin, new_user):
     await grant(admin, agent.full_jid, user.jid, "all")
     query = await user.acp(agent.full_jid, "archipel:hypervisor:control", "capabilities")
     assert len(query) == 1
+
+
+@pytest.mark.parametrize("action,permission", [("list", "permission_list"), ("get", "permission_get"),
+                                               ("set", "permission_set")])
+async def test_user_with_exactly_that_permission(agent, admin, new_user, action, permission):
+    user = await new_user("perm")
+    other = await new_user("target")
+    await grant(admin, agent.full_jid, user.jid, permission)
+    kwargs = {"list": {}, "get": {"attrs": {"permission_target": other.jid}},
+              "set": {"children": [permission_item(other.jid, "ip")]}}[action]
+    await user.acp(agent.full_jid, PERMS_NS, action, **kwargs)
+    refused = next(a for a in ("list", "get", "set") if a != action)
+    kwargs = {"list": {}, "get": {"attrs": {"permission_target": other.jid}},
+              "set": {"children": [permission_item(other.jid, "ip")]}}[refused]
+    with pytest.raises(AcpError) as err:
+        await user.acp(agent.full_jid, PERMS_NS, refused, **kwargs)
+    assert err.value.is_permission_error

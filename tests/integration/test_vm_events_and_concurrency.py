@@ -1,0 +1,100 @@
+"""Hypervisor pushes, clone progress, drift reporting, and long operations not blocking others."""
+from __future__ import annotations
+
+import asyncio
+import subprocess
+
+import libvirt
+
+from vm_helpers import CONTROL, HV_NS, alloc, from_vm, unique_name, vm_full, wait_libvirt_state, wait_vm_ready
+
+
+async def collect_pushes(client, node: str, namespace: str, changes: set[str], timeout: float = 20) -> dict:
+    """The first push of each wanted change on node (others are skipped)."""
+    found: dict = {}
+    deadline = asyncio.get_running_loop().time() + timeout
+    while set(found) != changes:
+        remaining = deadline - asyncio.get_running_loop().time()
+        assert remaining > 0, f"pushes seen: {sorted(found)}, wanted {sorted(changes)}"
+        try:
+            msg = await asyncio.wait_for(client.pubsub_events.get(), remaining)
+        except asyncio.TimeoutError:
+            raise AssertionError(f"pushes seen: {sorted(found)}, wanted {sorted(changes)}") from None
+        items = msg["pubsub_event"]["items"]
+        payload = items["item"]["payload"]
+        if (items["node"] == node and payload is not None and payload.tag == f"{{{namespace}}}push"
+                and payload.get("change") in changes):
+            found.setdefault(payload.get("change"), payload)
+    return found
+
+
+async def test_hypervisor_pushes_alloc_clone_and_free(agent, new_user, admin, stack):
+    watcher = await new_user("watcher")
+    node = f"/archipel/{agent.jid}/events"
+    await watcher.xmpp.plugin["xep_0060"].subscribe(stack.pubsub_domain, node, timeout=10)
+    jid = await alloc(admin, agent.full_jid, unique_name("push"))
+    await wait_vm_ready(admin, vm_full(jid, agent.jid))
+    reply = await admin.acp(agent.full_jid, HV_NS, "clone", {"jid": jid})
+    clone_jid = reply[0].get("jid")
+    for j in (jid, clone_jid):
+        await admin.acp(agent.full_jid, HV_NS, "free", {"jid": j})
+    pushes = await collect_pushes(watcher, node, "archipel:push:hypervisor", {"alloc", "clone", "free"})
+    assert pushes["alloc"].find("{archipel:push:hypervisor}virtualmachine").get("jid") == jid
+    cloned = pushes["clone"].find("{archipel:push:hypervisor}virtualmachine")
+    assert cloned.get("jid") == clone_jid and cloned.get("source") == jid
+
+
+async def test_clone_progress_is_pushed(agent, admin, new_user, stack):
+    watcher = await new_user("progress")
+    node = f"/archipel/{agent.jid}/events"
+    await watcher.xmpp.plugin["xep_0060"].subscribe(stack.pubsub_domain, node, timeout=10)
+    jid = await alloc(admin, agent.full_jid, unique_name("big"))
+    await wait_vm_ready(admin, vm_full(jid, agent.jid))
+    # a 32 MiB raw file in the VM folder: several progress steps
+    subprocess.run(["dd", "if=/dev/zero", f"of={stack.storage_dir / jid.split('@')[0] / 'data.raw'}", "bs=1M", "count=32",
+                    "status=none"], check=True)
+    reply = await admin.acp(agent.full_jid, HV_NS, "clone", {"jid": jid})
+    pushes = await collect_pushes(watcher, node, "archipel:push:hypervisor", {"cloning", "clone"})
+    assert pushes["cloning"].find("{archipel:push:hypervisor}virtualmachine").get("progress") is not None
+    for j in (jid, reply[0].get("jid")):
+        await admin.acp(agent.full_jid, HV_NS, "free", {"jid": j})
+
+
+async def test_a_long_destroy_does_not_block_other_commands(agent, admin, stack):
+    slow = await alloc(admin, agent.full_jid, unique_name("slow"))
+    quick = await alloc(admin, agent.full_jid, unique_name("quick"))
+    slow_full, quick_full = vm_full(slow, agent.jid), vm_full(quick, agent.jid)
+    await wait_vm_ready(admin, slow_full)
+    await wait_vm_ready(admin, quick_full)
+    await admin.acp(slow_full, CONTROL, "create")
+    await wait_libvirt_state(stack, slow.split("@")[0], libvirt.VIR_DOMAIN_RUNNING)
+    order = []
+
+    async def destroy():
+        await admin.acp(slow_full, CONTROL, "destroy")
+        order.append("destroy")
+
+    async def info():
+        await asyncio.sleep(0.05)  # sent while the destroy (1-2 s in QEMU) is in progress
+        await admin.acp(quick_full, CONTROL, "info")
+        await admin.acp(agent.full_jid, HV_NS, "nodeinfo")
+        order.append("info")
+
+    await asyncio.gather(destroy(), info())
+    assert order == ["info", "destroy"]
+    for j in (slow, quick):
+        await admin.acp(agent.full_jid, HV_NS, "free", {"jid": j})
+
+
+async def test_domain_removed_behind_the_agents_back_is_reported_not_deleted(agent, admin, stack):
+    jid = await alloc(admin, agent.full_jid, unique_name("vanish"))
+    uuid = jid.split("@")[0]
+    full = vm_full(jid, agent.jid)
+    await admin.wait_presence(from_vm(jid, "Off"), timeout=30)
+    subprocess.run(["virsh", "-q", "-c", stack.libvirt_uri, "undefine", uuid], check=True, capture_output=True)
+    await admin.wait_presence(from_vm(jid, "Not defined"), timeout=15)
+    reply = await admin.acp(full, CONTROL, "xmldesc")
+    assert reply[0].tag == f"{{{CONTROL}}}not-defined"
+    roster = await admin.acp(agent.full_jid, HV_NS, "rostervm")
+    assert any(i.get("managed") == "True" and uuid in i.text for i in roster)  # still an entity
+    await admin.acp(agent.full_jid, HV_NS, "free", {"jid": jid})
