@@ -14,6 +14,7 @@ from .audit import AuditLog
 from .audit_commands import commands as audit_commands
 from .commands import Registry
 from .config import AgentConfig
+from .modules import FeatureModule, load_modules
 from .hypervisor.commands import commands as hypervisor_commands
 from .hypervisor.entity import HypervisorEntity
 from .hypervisor.vms import VMManager
@@ -27,13 +28,15 @@ log = logging.getLogger(__name__)
 KINDS = ("hypervisor", "vm")
 
 
-def build_registry() -> Registry:
-    """Every command the agent serves; feature modules will add theirs here."""
+def build_registry(modules: list[FeatureModule] = ()) -> Registry:
+    """Every command the agent serves: the core sets, then each feature module's."""
     registry = Registry()
     registry.add_set(permission_commands)
     registry.add_set(hypervisor_commands)
     registry.add_set(audit_commands)
     registry.add_set(vm_commands)
+    for module in modules:
+        registry.add_set(module.commands)
     return registry
 
 
@@ -48,7 +51,8 @@ def declare_permissions(center: PermissionCenter, registry: Registry) -> None:
 class Agent:
     def __init__(self, config: AgentConfig):
         self.config = config
-        self.registry = build_registry()
+        self.modules = load_modules(config.parser)
+        self.registry = build_registry(self.modules)
         self.permissions: PermissionCenter | None = None
         self.directory = None  # LDAP (archipelagent.directory.Directory) when [LDAP] is set
         self.audit: AuditLog | None = None  # every command, see audit.py
@@ -87,6 +91,8 @@ class Agent:
         self.libvirt.add_state_listener(self._on_libvirt_state)
         self.libvirt.add_lifecycle_listener(self.vms.on_lifecycle)
         await self.vms.open()
+        for module in self.modules:  # before any entity serves a command
+            await module.setup(self)
         await self.libvirt.start()
         hv = self.config.hypervisor
         self.hypervisor = HypervisorEntity(self, hv.jid, hv.password, name=hv.name, resource=hv.name)
@@ -99,6 +105,8 @@ class Agent:
         await self.vms.close()
         if self.hypervisor:
             await self.hypervisor.stop()
+        for module in reversed(self.modules):
+            await module.teardown(self)
         await self.libvirt.stop()
         if self.audit:  # after the entities: their last answers are recorded too
             await self.audit.close()

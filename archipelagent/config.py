@@ -94,6 +94,10 @@ class HypervisorConfig:
 class VMConfig:
     base_path: Path
     password_size: int
+    # Domain definition policy knobs (optional keys; see conf/archipel.conf).
+    enable_block_device_access: bool = False
+    allowed_networks: frozenset[str] | None = None  # None: any network
+    allowed_bridges: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -341,6 +345,7 @@ def load_config(path: str | os.PathLike) -> AgentConfig:
             base_path=read.path_value("VIRTUALMACHINE", "vm_base_path"),
             password_size=read.integer("VIRTUALMACHINE", "xmpp_password_size",
                                        MIN_PASSWORD_SIZE, 1023),
+            **_vm_policy_keys(read),
         ),
         vcard=_vcard_section(read),
         logging=LoggingConfig(
@@ -352,6 +357,27 @@ def load_config(path: str | os.PathLike) -> AgentConfig:
         parser=read.parser,
         ldap=_ldap_section(read),
     )
+
+
+NAME_LIST_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
+
+
+def _vm_policy_keys(read: _Reader) -> dict:
+    """Optional [VIRTUALMACHINE] keys of the domain definition policy."""
+    section = "VIRTUALMACHINE"
+    out: dict = {}
+    if read.raw(section, "enable_block_device_access", optional=True):
+        out["enable_block_device_access"] = read.boolean(section, "enable_block_device_access")
+    for key, field_name in (("vm_allowed_networks", "allowed_networks"), ("vm_allowed_bridges", "allowed_bridges")):
+        names = read.raw(section, key, optional=True).split()
+        if key == "vm_allowed_networks" and (not names or "*" in names):
+            out[field_name] = None
+            continue
+        for name in names:
+            if not NAME_LIST_RE.match(name):
+                raise read.error(section, key, f"expected space-separated names, found {name!r}")
+        out[field_name] = frozenset(names)
+    return out
 
 
 def _xmpp_section(read: _Reader) -> XmppConfig:

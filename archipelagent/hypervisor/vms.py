@@ -110,9 +110,11 @@ class VMManager:
     def policy_context(self, uuid: str, name: str):
         from ..virt.policy import PolicyContext
 
-        parser = self.agent.config.parser
-        allow_devices = parser.getboolean("VIRTUALMACHINE", "enable_block_device_access", fallback=False)
-        return PolicyContext(uuid=uuid, name=name, vm_folder=self.folder(uuid).resolve(), allow_host_devices=allow_devices)
+        vm = self.agent.config.vm
+        return PolicyContext(
+            uuid=uuid, name=name, vm_folder=self.folder(uuid).resolve(), allow_host_devices=vm.enable_block_device_access,
+            allowed_networks=vm.allowed_networks, allowed_bridges=vm.allowed_bridges,
+        )
 
     def get(self, uuid_or_jid: str) -> VMEntity:
         key = uuid_or_jid.split("@", 1)[0].split("/", 1)[0].lower()

@@ -453,3 +453,22 @@ def test_ldap_clear_bind_to_a_remote_server_is_refused(tmp_path):
 
 def test_ldap_password_without_bind_dn(tmp_path):
     expect_error(with_ldap(tmp_path, ldap_bind_dn=None), "LDAP", "ldap_bind_password")
+
+
+def test_vm_policy_keys(tmp_path):
+    from archipelagent.config import ConfigError, load_config
+    import pathlib
+    sample = pathlib.Path(__file__).resolve().parents[2] / "conf" / "archipel.conf"
+    text = sample.read_text()
+    conf = tmp_path / "a.conf"
+    conf.write_text(text.replace("vm_allowed_networks = *", "vm_allowed_networks = lab1 lab2")
+                    .replace("vm_allowed_bridges =", "vm_allowed_bridges = br-class")
+                    .replace("/var/log/archipel/archipel.log", ""))
+    cfg = load_config(conf)
+    assert cfg.vm.allowed_networks == frozenset({"lab1", "lab2"}) and cfg.vm.allowed_bridges == frozenset({"br-class"})
+    assert cfg.vm.enable_block_device_access is False
+    conf.write_text(text.replace("enable_block_device_access = false", "enable_block_device_access = maybe"))
+    import pytest
+    with pytest.raises(ConfigError) as err:
+        load_config(conf)
+    assert "[VIRTUALMACHINE] enable_block_device_access" in str(err.value)
