@@ -33,6 +33,9 @@ setup(
             "archipel-agent = archipelagent.main:main",
             "archipel-admin = archipelagent.admin.cli:main",
         ],
-        "archipelagent.modules": [],
+        "archipelagent.modules": [
+            "storage = archipelagent_modules.storage",
+            "snapshots = archipelagent_modules.snapshots",
+        ],
     },
 )

@@ -22,6 +22,9 @@ from .permissions import Permission, PermissionCenter, PermissionStore
 from .permissions.commands import commands as permission_commands
 from .virt.connection import LibvirtConnection
 from .vm.commands import commands as vm_commands
+from .quotas import EXTRA_PERMISSIONS as quota_permissions, commands as quota_commands
+from .subscriptions import commands as subscription_commands
+from .storage.health import StorageHealth, StorageSettings, commands as storage_commands
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,9 @@ def build_registry(modules: list[FeatureModule] = ()) -> Registry:
     registry.add_set(hypervisor_commands)
     registry.add_set(audit_commands)
     registry.add_set(vm_commands)
+    registry.add_set(quota_commands)
+    registry.add_set(subscription_commands)
+    registry.add_set(storage_commands)
     for module in modules:
         registry.add_set(module.commands)
     return registry
@@ -46,6 +52,8 @@ def declare_permissions(center: PermissionCenter, registry: Registry) -> None:
         for command in registry.for_kind(kind):
             if command.permission:
                 center.declare(kind, Permission(command.permission, command.permission_description))
+    for kind, permission in quota_permissions:  # checked by a handler (quota usage of others)
+        center.declare(kind, permission)
 
 
 class Agent:
@@ -63,7 +71,10 @@ class Agent:
         )
         self.hypervisor: HypervisorEntity | None = None
         self.vms = VMManager(self)
+        self.storage_settings = StorageSettings.from_config(config)  # ConfigError on a bad [STORAGE] key
+        self.storage_health: StorageHealth | None = None  # see storage/health.py
         self._tasks: set[asyncio.Task] = set()
+        self.library_paths: tuple = ()  # read-only libraries (ISO, golden images) the storage module declares
 
     def spawn(self, coro: Coroutine, *, name: str | None = None) -> asyncio.Task:
         """Run background work owned by the agent (kept referenced, errors logged, cancelled at stop)."""
@@ -91,6 +102,9 @@ class Agent:
         self.libvirt.add_state_listener(self._on_libvirt_state)
         self.libvirt.add_lifecycle_listener(self.vms.on_lifecycle)
         await self.vms.open()
+        self.storage_health = StorageHealth(self, self.config.vm.base_path, self.storage_settings)
+        self.libvirt.add_lifecycle_listener(self.storage_health.on_lifecycle)
+        self.storage_health.start()
         for module in self.modules:  # before any entity serves a command
             await module.setup(self)
         await self.libvirt.start()
@@ -102,6 +116,8 @@ class Agent:
     async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+        if self.storage_health:
+            await self.storage_health.stop()
         await self.vms.close()
         if self.hypervisor:
             await self.hypervisor.stop()

@@ -35,7 +35,12 @@ async def run(config) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await agent.start()
+    try:
+        await agent.start()
+    except ConfigError as exc:  # a feature module's section, validated at its setup
+        print(f"archipel-agent: configuration error: {exc}", file=sys.stderr)
+        await agent.stop()
+        return EXIT_CONFIG
     log.info("agent running for %s", config.hypervisor.jid)
     await stop.wait()
     log.info("stopping")

@@ -40,9 +40,13 @@ def kvm_usable() -> bool:
 class Libvirtd:
     name = "libvirtd"
 
-    def __init__(self, directory: Path, host_uuid: str | None = None, listen_addr: str | None = None):
+    def __init__(self, directory: Path, host_uuid: str | None = None, listen_addr: str | None = None,
+                 display_ports: tuple[int, int] = (5900, 6099)):
         """``listen_addr``: also listen on qemu+tcp://<listen_addr>/system (auth none) and use it
-        as migration address -- only for a daemon in a network namespace a test created."""
+        as migration address -- only for a daemon in a network namespace a test created.
+        ``display_ports``: the VNC/SPICE autoport range; each rig profile gets its own so
+        guests of several rigs on one machine never fight for 127.0.0.1:59xx."""
+        self.display_ports = display_ports
         self.dir = Path(directory)
         self.listen_addr = listen_addr
         self.pidfile = self.dir / "libvirtd.pid"
@@ -154,7 +158,10 @@ cgroup_controllers = [ ]
 namespaces = [ ]
 # no virtlogd needed
 stdio_handler = "file"
-""" + migration)
+# this rig's own display port range (see Libvirtd.__init__)
+remote_display_port_min = {self.display_ports[0]}
+remote_display_port_max = {self.display_ports[1]}
+""".format(self=self) + migration)
         for f in ("libvirt.conf", "libvirt-admin.conf"):
             src = Path("/etc/libvirt") / f
             if src.is_file() and not (etc / f).exists():

@@ -77,7 +77,8 @@ class Stack:
             ldap={"port": self.ldap_port, "rootdn": self.ldap_bind_dn, "password": self.ldap_bind_password,
                   "people_base": f"ou=people,{self.ldap_base_dn}"},
             admin_jid=self.admin_user["jid"], cert_pem_source=self.certs.server_pem)
-        self.libvirtd = Libvirtd(self.state_dir / "libvirt")
+        index = list(PROFILES).index(profile)  # demo 0, test 1, devN N+1
+        self.libvirtd = Libvirtd(self.state_dir / "libvirt", display_ports=(5900 + 200 * index, 6099 + 200 * index))
         self._domain_type: str | None = None
 
     # ------------------------------------------------------------ properties

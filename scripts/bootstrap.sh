@@ -27,7 +27,8 @@ elapsed() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'
 
 # ---------------------------------------------------------------- apt packages
 PACKAGES=(ejabberd slapd ldap-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
-          qemu-system-x86 qemu-utils libvirt-dev pkg-config iptables dnsmasq-base openssl curl)
+          qemu-system-x86 qemu-utils libvirt-dev pkg-config iptables dnsmasq-base openssl curl
+          pacemaker-cli-utils corosync crmsh drbd-utils)  # HA kit's offline validators (never started)
 
 is_installed() {
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" = "installed" ]

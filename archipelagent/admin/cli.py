@@ -6,7 +6,7 @@ agent checks and records in its audit log like any other.
 Exit codes: 0 ok, 1 the agent answered an error, 2 usage or configuration
 error, 3 connection or authentication failure.
 
-Adding a subcommand group (roles, quotas…): write ``setup_<group>(sub)``
+Adding a subcommand group: write ``setup_<group>(sub)``
 that adds its parsers with ``set_defaults(run=<coroutine>)``, where the
 coroutine takes ``(session, args)`` and returns an :class:`Output`, and add it
 to :data:`GROUPS`.  ``session.acp(...)`` sends a request to the target entity.
@@ -161,23 +161,84 @@ async def run_permissions_list(session: Session, args) -> Output:
 
 
 async def run_permissions_get(session: Session, args) -> Output:
-    reply = await session.acp(PERMS_NS, "get", {"permission_target": args.user, "permission_type": "user"})
+    group, roles = getattr(args, "group", None), getattr(args, "roles", False)
+    if not group and not args.user:
+        raise UsageError("expected a JID (or --group CN)")
+    target = group or args.user
+    ptype = "role" if roles else ("group" if group else "user")
+    reply = await session.acp(PERMS_NS, "get", {"permission_target": target, "permission_type": ptype})
     names = [el.get("name") for el in _children(reply, "permission")]
-    text = f"{args.user} on {session.target}: " + (", ".join(names) if names else "no explicit grant")
-    return Output(data={"entity": session.target, "jid": args.user, "permissions": names}, text=text)
+    what = "roles" if roles else "permissions"
+    text = f"{'group ' if group else ''}{target} on {session.target}: " + (
+        ", ".join(names) if names else ("no role" if roles else "no explicit grant"))
+    return Output(data={"entity": session.target, "group" if group else "jid": target, what: names}, text=text)
 
 
-def _changes(jid: str, names: list[str], value: bool) -> list[ET.Element]:
-    return [ET.Element("permission", {"permission_type": "user", "permission_target": jid,
+def _changes(jid: str, names: list[str], value: bool, ptype: str = "user") -> list[ET.Element]:
+    return [ET.Element("permission", {"permission_type": ptype, "permission_target": jid,
                                       "permission_name": name, "permission_value": "true" if value else "false"})
             for name in names]
 
 
+class _Words(argparse.Action):
+    """``grant JID PERM...``, ``grant --group CN PERM...`` or ``grant --role NAME TARGET...``:
+    the words are read once every option is known (see :func:`_grant_plan`)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.words = list(values)
+        namespace.user = values[0] if values else None
+        namespace.permissions = list(values[1:])
+
+
+def _grant_plan(args) -> tuple[str, list[tuple[str, str]], str]:
+    """(permission_type, [(target, name)], who) of a grant/revoke command line."""
+    words = getattr(args, "words", None)
+    if words is None:
+        words = [args.user, *args.permissions]
+    words = [word for word in words if word]
+    role, group = getattr(args, "role", None), getattr(args, "group", None)
+    if role:
+        targets = ([group] if group else []) + words
+        if not targets:
+            raise UsageError("--role NAME needs the JIDs or group cns to give it to (or --group CN)")
+        return "role", [(target, role) for target in targets], f"role {role}"
+    if group:
+        if not words:
+            raise UsageError("--group CN needs permission names")
+        return "group", [(group, name) for name in words], f"group {group}"
+    if len(words) < 2:
+        raise UsageError("expected a JID and at least one permission (or --group CN / --role NAME)")
+    return "user", [(words[0], name) for name in words[1:]], words[0]
+
+
+def _validate_after_parse(parser: argparse.ArgumentParser, check: Callable[[Any], Any]) -> None:
+    """Run ``check(namespace)`` once the subcommand's options are all parsed; a UsageError is a parse error."""
+    parse_known_args = parser.parse_known_args
+
+    def checked(args=None, namespace=None):
+        namespace, extras = parse_known_args(args, namespace)
+        try:
+            check(namespace)
+        except UsageError as exc:
+            parser.error(str(exc))
+        return namespace, extras
+
+    parser.parse_known_args = checked
+
+
 async def _set_permissions(session: Session, args, value: bool) -> Output:
-    await session.acp(PERMS_NS, "set", children=_changes(args.user, args.permissions, value), iq_type="set")
+    ptype, pairs, who = _grant_plan(args)
+    children = [child for target, name in pairs for child in _changes(target, [name], value, ptype)]
+    await session.acp(PERMS_NS, "set", children=children, iq_type="set")
     verb = "granted" if value else "revoked"
-    return Output(data={"entity": session.target, "jid": args.user, verb: args.permissions},
-                  text=f"{verb} {', '.join(args.permissions)} {'to' if value else 'from'} {args.user} on {session.target}")
+    if ptype == "role":
+        targets = [target for target, _ in pairs]
+        return Output(data={"entity": session.target, "role": pairs[0][1], verb: targets},
+                      text=f"{verb} {who} {'to' if value else 'from'} {', '.join(targets)} on {session.target}")
+    names = [name for _, name in pairs]
+    key = "group" if ptype == "group" else "jid"
+    return Output(data={"entity": session.target, key: pairs[0][0], verb: names},
+                  text=f"{verb} {', '.join(names)} {'to' if value else 'from'} {who} on {session.target}")
 
 
 async def run_permissions_grant(session: Session, args) -> Output:
@@ -272,12 +333,20 @@ def setup_permissions(sub) -> None:
         return q
 
     leaf("list", "the permissions that exist on the entity, with their defaults", run_permissions_list)
-    q = leaf("get", "the explicit grants of a user on the entity", run_permissions_get)
-    q.add_argument("user", metavar="JID", help="the user's bare JID (not yours: --jid is the admin)")
+    q = leaf("get", "the explicit grants of a user (or --group) on the entity", run_permissions_get)
+    q.add_argument("user", metavar="JID", nargs="?", help="the user's bare JID (not yours: --jid is the admin)")
+    q.add_argument("--group", metavar="CN", help="an LDAP group's grants instead of a user's")
+    q.add_argument("--roles", action="store_true", help="the roles granted (to the user or --group) instead")
     for name, verb, run in (("grant", "give", run_permissions_grant), ("revoke", "take away", run_permissions_revoke)):
-        q = leaf(name, f"{verb} permissions to a user on the entity", run)
-        q.add_argument("user", metavar="JID", help="the user's bare JID (not yours: --jid is the admin)")
-        q.add_argument("permissions", nargs="+", metavar="PERM", help="permission names (see 'permissions list')")
+        q = leaf(name, f"{verb} permissions to a user, an LDAP group (--group) or a role (--role) on the entity", run)
+        q.description = (f"{name} JID PERM...: a user's own grant.  {name} --group CN PERM...: to every member of "
+                         f"an LDAP group.  {name} --role NAME JID|CN...: a role (see 'roles') to users or groups.")
+        q.add_argument("words", nargs="*", action=_Words, metavar="WORD",
+                       help="a bare JID then permission names; with --group permission names; "
+                            "with --role bare JIDs or group cns")
+        q.add_argument("--group", metavar="CN", help="grant to this LDAP group (with --role: the role's target)")
+        q.add_argument("--role", metavar="NAME", help="grant this role instead of permissions")
+        _validate_after_parse(q, _grant_plan)
 
 
 def setup_audit(sub) -> None:
@@ -293,7 +362,137 @@ def setup_audit(sub) -> None:
     p.set_defaults(run=run_audit)
 
 
-GROUPS: list[Callable[[Any], None]] = [setup_ping, setup_acp, setup_permissions, setup_audit]
+# ------------------------------------------------------------------ roles
+async def run_roles_list(session: Session, args) -> Output:
+    reply = await session.acp(PERMS_NS, "roles", to=session.hypervisor)
+    roles = [{"name": el.get("name"), "description": el.get("description") or "", "creator": el.get("creator") or "",
+              "permissions": sorted(p.get("permission_name") for p in el if p.get("permission_name"))}
+             for el in _children(reply, "role")]
+    rows = [(r["name"], ", ".join(r["permissions"]), r["description"], r["creator"]) for r in roles]
+    return Output(data=roles, columns=("role", "permissions", "description", "creator"), rows=rows)
+
+
+async def run_roles_set(session: Session, args) -> Output:
+    children = [ET.Element("permission", {"name": name}) for name in args.permissions]
+    await session.acp(PERMS_NS, "setrole", {"name": args.name, "description": args.description or ""},
+                      children, to=session.hypervisor, iq_type="set")
+    return Output(data={"role": args.name.lower(), "permissions": sorted(set(args.permissions))},
+                  text=f"role {args.name.lower()}: {', '.join(sorted(set(args.permissions))) or 'no permission'}")
+
+
+async def run_roles_delete(session: Session, args) -> Output:
+    await session.acp(PERMS_NS, "delrole", {"name": args.name}, to=session.hypervisor, iq_type="set")
+    return Output(data={"deleted": args.name.lower()}, text=f"deleted role {args.name.lower()} and its grants")
+
+
+def setup_roles(sub) -> None:
+    p = _subparser(sub, "roles", "list, create/replace and delete roles (named sets of permissions)",
+                   "Roles are global to the agent and managed on the hypervisor; grant one with "
+                   "'permissions grant --role NAME JID|CN'.")
+    rsub = p.add_subparsers(dest="roles_command", metavar="ACTION", required=True)
+    _subparser(rsub, "list", "every role and its permissions").set_defaults(run=run_roles_list)
+    q = _subparser(rsub, "set", "create or replace a role (its grants are kept)")
+    q.add_argument("name", metavar="NAME", help="role name (letters, digits, '.', '_', '-')")
+    q.add_argument("permissions", nargs="*", metavar="PERM", help="the permissions of the role")
+    q.add_argument("--description", help="what the role is for")
+    q.set_defaults(run=run_roles_set)
+    q = _subparser(rsub, "delete", "delete a role and every grant of it")
+    q.add_argument("name", metavar="NAME", help="role name")
+    q.set_defaults(run=run_roles_delete)
+
+
+# ----------------------------------------------------------------- quotas
+QUOTA_NS = "archipel:quota"
+QUOTA_RESOURCES = ("vms", "vcpus", "memory", "disk")
+QUOTA_UNITS = {"vms": "", "vcpus": "", "memory": " KiB", "disk": " bytes"}
+
+
+def _quota_target(args) -> tuple[str, str]:
+    if bool(args.user) == bool(args.group):
+        raise UsageError("give exactly one of --user JID or --group CN")
+    return ("user", args.user) if args.user else ("group", args.group)
+
+
+def _quota_output(el: ET.Element) -> Output:
+    limits = {name: int(el.get(name)) for name in QUOTA_RESOURCES if el.get(name) is not None}
+    who = f"{el.get('target_type')} {el.get('target')}"
+    text = f"quota of {who}: " + ", ".join(
+        f"{name} {limits[name]}{QUOTA_UNITS[name]}" if name in limits else f"{name} unlimited" for name in QUOTA_RESOURCES)
+    return Output(data={"target_type": el.get("target_type"), "target": el.get("target"), "limits": limits}, text=text)
+
+
+async def run_quota_set(session: Session, args) -> Output:
+    target_type, target = _quota_target(args)
+    attrs = {"target_type": target_type, "target": target}
+    attrs.update({name: getattr(args, name) for name in QUOTA_RESOURCES if getattr(args, name) is not None})
+    if len(attrs) == 2:
+        raise UsageError("nothing to set: give --vms, --vcpus, --memory and/or --disk (empty value: unlimited)")
+    reply = await session.acp(QUOTA_NS, "set", attrs, to=session.hypervisor, iq_type="set")
+    return _quota_output(_children(reply, "quota")[0])
+
+
+async def run_quota_get(session: Session, args) -> Output:
+    target_type, target = _quota_target(args)
+    reply = await session.acp(QUOTA_NS, "get", {"target_type": target_type, "target": target}, to=session.hypervisor)
+    return _quota_output(_children(reply, "quota")[0])
+
+
+def setup_quota(sub) -> None:
+    p = _subparser(sub, "quota", "set and read quotas of users and LDAP groups",
+                   "Quotas limit the VMs a user owns: number of VMs, vCPUs, memory and disk.  A user's own quota "
+                   "and each of their groups' quotas all apply; the most restrictive wins.  Admins are not limited.")
+    qsub = p.add_subparsers(dest="quota_command", metavar="ACTION", required=True)
+    for name, help_text, run in (("set", "change limits (only those given; an empty value makes it unlimited)",
+                                  run_quota_set), ("get", "the limits of a user or group", run_quota_get)):
+        q = _subparser(qsub, name, help_text)
+        q.add_argument("--user", metavar="JID", help="a user's bare JID")
+        q.add_argument("--group", metavar="CN", help="an LDAP group cn")
+        if name == "set":
+            q.add_argument("--vms", metavar="N", help="number of VMs")
+            q.add_argument("--vcpus", metavar="N", help="vCPUs in all")
+            q.add_argument("--memory", metavar="SIZE", help="memory in KiB, or with a unit: 512M, 4G")
+            q.add_argument("--disk", metavar="SIZE", help="disk in bytes, or with a unit: 10G")
+        q.set_defaults(run=run)
+
+
+async def run_usage(session: Session, args) -> Output:
+    attrs = {"target": args.user} if args.user else {}
+    if args.all:
+        attrs["all"] = "1"
+    reply = await session.acp(QUOTA_NS, "usage", attrs, to=session.hypervisor)
+    data, rows = [], []
+    for el in _children(reply, "usage"):
+        resources = {}
+        for res in el:
+            if res.tag.rsplit("}", 1)[-1] != "resource":
+                continue
+            limit = res.get("limit")
+            resources[res.get("name")] = {
+                "used": int(res.get("used")), "limit": int(limit) if limit is not None else None,
+                "limited_by": f"{res.get('target_type')} {res.get('target')}" if limit is not None else None}
+        vms = [dict(vm.attrib) for vm in el if vm.tag.rsplit("}", 1)[-1] == "vm"]
+        data.append({"user": el.get("user"), "admin": el.get("admin") == "yes", "usage": resources, "vms": vms})
+        for name in QUOTA_RESOURCES:
+            r = resources.get(name, {"used": 0, "limit": None, "limited_by": None})
+            limit = "unlimited (admin)" if el.get("admin") == "yes" else (
+                "unlimited" if r["limit"] is None else f"{r['limit']}{QUOTA_UNITS[name]}")
+            rows.append((el.get("user"), name, f"{r['used']}{QUOTA_UNITS[name]}", limit, r["limited_by"] or ""))
+    return Output(data=data, columns=("user", "resource", "used", "limit", "limited by"), rows=rows)
+
+
+def setup_usage(sub) -> None:
+    p = _subparser(sub, "usage", "what a user's VMs use, and their effective limits",
+                   "Without JID: your own usage.  Another user's (or --all) needs the quota_usage permission "
+                   "on the hypervisor (admins have it).")
+    p.add_argument("user", metavar="JID", nargs="?", help="the user's bare JID (default: you)")
+    p.add_argument("--all", action="store_true", help="every VM owner")
+    p.set_defaults(run=run_usage)
+
+
+from .ha import setup_ha  # noqa: E402 - offline (local_run), no agent
+
+GROUPS: list[Callable[[Any], None]] = [setup_ping, setup_acp, setup_permissions, setup_audit,
+                                       setup_roles, setup_quota, setup_usage, setup_ha]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -400,6 +599,8 @@ async def execute(args, connection: Connection) -> Output:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "local_run", None):  # offline subcommands (ha): no connection
+        return args.local_run(args)
     as_json = getattr(args, "json", False)
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.CRITICAL,
                         format="%(levelname)s %(name)s: %(message)s")

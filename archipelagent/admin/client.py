@@ -19,6 +19,10 @@ from ..config import is_loopback
 
 STANZA_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 
+# RFC 6120 conditions slixmpp does not know (it would fail to parse the error reply):
+# quota refusals use policy-violation.
+slixmpp.stanza.Error.conditions = set(slixmpp.stanza.Error.conditions) | {"policy-violation"}
+
 log = logging.getLogger(__name__)
 
 

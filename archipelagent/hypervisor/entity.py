@@ -19,9 +19,13 @@ class HypervisorEntity(Entity):
         return fields
 
     def refresh_presence(self) -> None:
-        """``Online (N)`` normally; ``dnd`` while libvirt is unreachable (as Archipel)."""
+        """``Online (N)`` normally; ``dnd`` while libvirt is unreachable (as Archipel) or the storage is degraded."""
+        storage = getattr(self.agent, "storage_health", None)
+        degraded = storage.presence() if storage is not None else None
         if not self.agent.libvirt.connected:
             self.set_presence("Libvirt connection lost", "dnd")
+        elif degraded is not None:
+            self.set_presence(*degraded)
         else:
             self.set_presence(f"Online ({len(self.managed_vms())})")
 

@@ -21,7 +21,9 @@ import libvirt
 
 from ..commands.payload import local_name
 from ..errors import Conflict, InvalidArgument, NotFound
+from ..quotas import parse_xml, quota_center
 from ..state import VMRecord, VMStore, new_password, now_iso
+from ..storage.health import require_writable
 from ..vm.commands import UNDEFINE_FLAGS
 from ..vm.entity import ORGINFO_FIELDS, VMEntity
 
@@ -114,6 +116,7 @@ class VMManager:
         return PolicyContext(
             uuid=uuid, name=name, vm_folder=self.folder(uuid).resolve(), allow_host_devices=vm.enable_block_device_access,
             allowed_networks=vm.allowed_networks, allowed_bridges=vm.allowed_bridges,
+            library_paths=tuple(getattr(self.agent, "library_paths", ())),  # set by the storage module
         )
 
     def get(self, uuid_or_jid: str) -> VMEntity:
@@ -201,6 +204,7 @@ class VMManager:
         from ..virt import domainxml
         from ..virt.policy import check_domain
 
+        require_writable(self.agent, "alloc")
         async with self._lock:
             uuid = str(uuidlib.uuid4())
             if name:
@@ -215,6 +219,7 @@ class VMManager:
                 xml = _serialise(check_domain(xml, self.policy_context(uuid, name)))
             else:
                 xml = domainxml.default_domain(uuid, name, domain_type=await self._domain_type())
+            await quota_center(self.agent).check_new(requester, parse_xml(xml), sender=requester)  # quotas.py
             await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
             await self.agent.libvirt.call("defineXML", xml)
             record = VMRecord(uuid=uuid, jid=self.jid_for(uuid), password=new_password(self.agent.config.vm.password_size),
@@ -232,6 +237,7 @@ class VMManager:
     async def free(self, uuid_or_jid: str) -> str:
         """Destroy and undefine the domain, remove the account and rows; trash the folder."""
         entity = self.get(uuid_or_jid)
+        require_writable(self.agent, "free")  # the folder moves to the trash
         async with self._lock:
             uuid = entity.uuid
             entity.set_busy("Freeing...")
@@ -274,6 +280,7 @@ class VMManager:
         from ..virt.policy import check_domain
 
         src = self.get(source)
+        require_writable(self.agent, "clone")
         dom = await self.agent.libvirt.lookup(src.uuid)
         state, _ = await self.agent.libvirt.call(dom.state)
         if state not in (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_CRASHED):
@@ -284,6 +291,7 @@ class VMManager:
             name = validate_name(name) if name else f"{src.name}-clone"
             if name in await self._names_in_use():
                 raise Conflict(f"a virtual machine named '{name}' already exists")
+            await quota_center(self.agent).check_clone(requester, src, sender=requester)  # quotas.py
             src_folder, new_folder = self.folder(src.uuid), self.folder(uuid)
             await asyncio.to_thread(new_folder.mkdir, parents=True, exist_ok=True)
             files = await asyncio.to_thread(lambda: sorted(p for p in src_folder.iterdir() if p.is_file()) if src_folder.exists() else [])
@@ -319,11 +327,14 @@ class VMManager:
             await asyncio.to_thread(_copy_file, path, dest / path.name, report)
 
     # -------------------------------------------------------------- define
-    async def define(self, entity: VMEntity, definition: ET.Element) -> None:
+    async def define(self, entity: VMEntity, definition: ET.Element, sender: str | None = None) -> None:
         from ..virt.policy import check_domain
 
+        require_writable(self.agent, "define")
         xml = plain_xml(definition)
-        await self.agent.libvirt.call("defineXML", _serialise(check_domain(xml, self.policy_context(entity.uuid, entity.name))))
+        root = check_domain(xml, self.policy_context(entity.uuid, entity.name))
+        await quota_center(self.agent).check_define(entity, root, sender=sender)  # quotas.py
+        await self.agent.libvirt.call("defineXML", _serialise(root))
 
     # ------------------------------------------------------ manage/unmanage
     async def manage(self, requester: str, uuids: list[str]) -> list[str]:

@@ -11,7 +11,10 @@ permission's default, admins, ``all``) is decided by the PermissionCenter.
 * ``role_group`` — target an LDAP group cn, permission a *role* name (value 1).
 
 Roles are global: ``roles(name, description, creator)`` and
-``role_permissions(role, permission)``.  Entities and user targets are stored
+``role_permissions(role, permission)``.  Quotas (see ``archipelagent.quotas``)
+live here too, global as well: ``quotas(target_type, target, vms, vcpus,
+memory, disk)`` with ``target_type`` ``user`` (a bare JID) or ``group`` (an
+LDAP group cn); NULL means unlimited.  Entities and user targets are stored
 as lowercased bare JIDs so that ``Alice@Example.org/laptop`` and
 ``alice@example.org`` are the same person; group and role names are
 lowercased.  Nothing here is cached: every check reads the database, so a
@@ -26,7 +29,7 @@ from pathlib import Path
 
 import aiosqlite
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 USER, GROUP, ROLE_USER, ROLE_GROUP = "user", "group", "role_user", "role_group"
 TARGET_TYPES = (USER, GROUP, ROLE_USER, ROLE_GROUP)
@@ -56,7 +59,20 @@ _SCHEMA = (
         PRIMARY KEY (role, permission)
     )
     """,
+    """
+    CREATE TABLE IF NOT EXISTS quotas (
+        target_type TEXT    NOT NULL,
+        target      TEXT    NOT NULL,
+        vms         INTEGER,
+        vcpus       INTEGER,
+        memory      INTEGER,
+        disk        INTEGER,
+        PRIMARY KEY (target_type, target)
+    )
+    """,
 )
+
+QUOTA_RESOURCES = ("vms", "vcpus", "memory", "disk")
 
 
 @dataclass(frozen=True)
@@ -266,3 +282,53 @@ class PermissionStore:
         """Forget every grant on ``entity`` (it was freed; its JID may be reused)."""
         await self._db.execute("DELETE FROM grants WHERE entity = ?", (bare(entity),))
         await self._db.commit()
+
+    # -- quotas (global) -------------------------------------------------------
+
+    async def quotas(self) -> list[tuple[str, str, dict[str, int]]]:
+        """Every quota row: (target_type, target, {resource: limit}) — unset resources are absent."""
+        columns = ", ".join(QUOTA_RESOURCES)
+        async with self._db.execute(
+            f"SELECT target_type, target, {columns} FROM quotas ORDER BY target_type DESC, target",
+        ) as cursor:
+            return [(row[0], row[1], {name: value for name, value in zip(QUOTA_RESOURCES, row[2:])
+                                      if value is not None})
+                    async for row in cursor]
+
+    async def quota(self, target_type: str, target: str) -> dict[str, int]:
+        """The limits of one user or group (empty: unlimited everywhere)."""
+        columns = ", ".join(QUOTA_RESOURCES)
+        async with self._db.execute(
+            f"SELECT {columns} FROM quotas WHERE target_type = ? AND target = ?",
+            (target_type, normalise_target(target, target_type)),
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            return {}
+        return {name: value for name, value in zip(QUOTA_RESOURCES, row) if value is not None}
+
+    async def set_quota(self, target_type: str, target: str, changes: dict[str, int | None]) -> dict[str, int]:
+        """Merge ``changes`` (None clears a limit) into the row; a row left empty is deleted."""
+        unknown = set(changes) - set(QUOTA_RESOURCES)
+        if unknown:
+            raise ValueError(f"unknown quota resource(s) {sorted(unknown)}")
+        target = normalise_target(target, target_type)
+        limits = await self.quota(target_type, target)
+        for name, value in changes.items():
+            if value is None:
+                limits.pop(name, None)
+            else:
+                limits[name] = int(value)
+        if limits:
+            values = [limits.get(name) for name in QUOTA_RESOURCES]
+            await self._db.execute(
+                f"INSERT INTO quotas (target_type, target, {', '.join(QUOTA_RESOURCES)}) "
+                f"VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (target_type, target) DO UPDATE SET "
+                + ", ".join(f"{name} = excluded.{name}" for name in QUOTA_RESOURCES),
+                (target_type, target, *values),
+            )
+        else:
+            await self._db.execute("DELETE FROM quotas WHERE target_type = ? AND target = ?",
+                                   (target_type, target))
+        await self._db.commit()
+        return limits

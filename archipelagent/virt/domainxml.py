@@ -12,7 +12,7 @@ from typing import Mapping
 from lxml import etree
 from lxml.builder import E
 
-from archipelagent.virt.policy import DEFAULT_EMULATORS, parse_untrusted
+from archipelagent.virt.policy import DEFAULT_EMULATORS, parse_untrusted, set_disk_error_policy
 
 __all__ = ["default_domain", "clone_domain", "set_name", "domain_uuid", "domain_name",
            "random_mac", "QEMU_MAC_PREFIX"]
@@ -45,7 +45,9 @@ def default_domain(uuid: str, name: str, *, domain_type: str = "kvm",
     """A blank VM: no disk yet, a serial console, VNC on loopback.
 
     The user adds disks and an ISO afterwards; until then it boots into the
-    BIOS' "No bootable device", which keeps it ``running``.
+    BIOS' "No bootable device", which keeps it ``running``.  Any disk here
+    gets ``error_policy='stop'`` (pause on I/O error), as in every definition
+    the policy checks.
     """
     root = E.domain(
         E.name(name),
@@ -71,6 +73,7 @@ def default_domain(uuid: str, name: str, *, domain_type: str = "kvm",
         ),
         type=domain_type,
     )
+    set_disk_error_policy(root)
     return _serialize(root)
 
 
@@ -141,6 +144,7 @@ def clone_domain(xml: str, *, uuid: str, name: str, path_map: Mapping[str, str],
             graphics.set("websocket", "-1")
     _new_macs(root, rng)
     _rewrite_paths(root, path_map)
+    set_disk_error_policy(root)
     return _serialize(root)
 
 

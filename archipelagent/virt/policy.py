@@ -45,7 +45,7 @@ from archipelagent.errors import ArchipelError
 
 __all__ = [
     "PolicyContext", "PolicyViolation", "check_domain", "parse_untrusted",
-    "element_path", "memory_kib", "vcpus", "disk_sources",
+    "element_path", "memory_kib", "vcpus", "disk_sources", "set_disk_error_policy",
     "MAX_XML_BYTES", "DEFAULT_EMULATORS", "DEFAULT_FIRMWARE_PATHS",
 ]
 
@@ -570,6 +570,30 @@ def _rule_host_devices(root, ctx, judged):
 def _rule_disks(root, ctx, judged):
     for disk in _devices(root, "disk"):
         _check_disk(disk, ctx, judged)
+    set_disk_error_policy(root)
+
+
+# Guest disks pause the guest on an I/O error instead of reporting it to the
+# guest (which may then corrupt its filesystem); the agent resumes such guests
+# once the storage recovers (archipelagent/storage/health.py).
+DISK_ERROR_POLICY = "stop"
+
+
+def set_disk_error_policy(root: etree._Element) -> None:
+    """Every writable file/block disk gets ``error_policy``/``rerror_policy`` 'stop' on
+    its ``<driver>`` (``<driver name='qemu'/>`` is added when absent).  CD-ROMs,
+    floppies and read-only disks are left as they are (QEMU refuses werror there)."""
+    for disk in _devices(root, "disk"):
+        if disk.get("type", "file") not in ("file", "block") or disk.get("device", "disk") != "disk":
+            continue
+        if disk.find("readonly") is not None:
+            continue
+        driver = disk.find("driver")
+        if driver is None:
+            driver = etree.Element("driver", name="qemu")
+            disk.insert(0, driver)
+        driver.set("error_policy", DISK_ERROR_POLICY)
+        driver.set("rerror_policy", DISK_ERROR_POLICY)
 
 
 def _check_disk(disk, ctx, judged):
@@ -813,7 +837,8 @@ def check_domain(xml: str | bytes, ctx: PolicyContext) -> etree._Element:
     form; ``<name>`` added when absent; ``<description>`` removed; output-only
     parts of a live definition dropped (pty ``tty``/source, dynamic seclabel
     ``label``/``imagelabel``, libvirt's own guest-agent socket paths);
-    VNC/SPICE without a listen address get ``127.0.0.1``.
+    VNC/SPICE without a listen address get ``127.0.0.1``; writable disks get
+    ``error_policy='stop'`` and ``rerror_policy='stop'`` (:func:`set_disk_error_policy`).
     """
     root = parse_untrusted(xml)
     _check_root(root)

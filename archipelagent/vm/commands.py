@@ -10,6 +10,7 @@ import libvirt
 
 from ..commands import Arg, CommandSet, element
 from ..errors import ArchipelError, Conflict, InvalidArgument, NotFound
+from ..quotas import quota_center
 from .presence import human_state
 from .screenshot import ppm_to_png
 
@@ -74,8 +75,7 @@ async def info(ctx):
     vm = ctx.entity
     conn = ctx.agent.libvirt
     dom = await vm.domain()
-    state, max_mem, memory, vcpus, cpu_time = await conn.call(dom.info)
-    autostart = await conn.call(dom.autostart)
+    (state, max_mem, memory, vcpus, cpu_time), autostart = await conn.call(lambda: (dom.info(), dom.autostart()))
     return element("info", {
         "state": state, "maxMem": max_mem, "memory": memory, "nrVirtCpu": vcpus,
         "cpuPrct": f"{vm.cpu_percent(cpu_time):.1f}", "hypervisor": ctx.agent.hypervisor.full_jid,
@@ -184,6 +184,7 @@ async def memory(ctx, value):
     max_mem = await ctx.agent.libvirt.call(dom.maxMemory)
     if value > max_mem:
         raise InvalidArgument("value", f"{value} KiB is above the maximum of {max_mem} KiB")
+    await quota_center(ctx.agent).check_memory(ctx.entity, value, sender=ctx.sender_bare)  # quotas.py
     await ctx.agent.libvirt.call(dom.setMemoryFlags, value, await _affect_flags(ctx, dom))
     await ctx.entity.push(PUSH_CONTROL, "memory")
 
@@ -194,6 +195,7 @@ async def setvcpus(ctx, value):
     maximum = await ctx.agent.libvirt.call(dom.vcpusFlags, libvirt.VIR_DOMAIN_VCPU_MAXIMUM | libvirt.VIR_DOMAIN_AFFECT_CONFIG)
     if value > maximum:
         raise InvalidArgument("value", f"{value} is above the maximum of {maximum} vCPUs")
+    await quota_center(ctx.agent).check_vcpus(ctx.entity, value, sender=ctx.sender_bare)  # quotas.py
     await ctx.agent.libvirt.call(dom.setVcpusFlags, value, await _affect_flags(ctx, dom))
     await ctx.entity.push(PUSH_CONTROL, "nvcpu")
     await ctx.entity.push(PUSH_DEFINITION, "nvcpu")
@@ -223,6 +225,8 @@ async def free(ctx):
     """Reply first: freeing removes this entity's account, which closes the stream the reply would use."""
     uuid = ctx.entity.uuid
     ctx.agent.vms.get(uuid)  # NotFound now rather than silently later
+    from ..storage.health import require_writable
+    require_writable(ctx.agent, "free")  # refused now, not in the background
     asyncio.get_running_loop().call_soon(lambda: ctx.agent.spawn(ctx.agent.vms.free(uuid), name=f"free-{uuid}"))
 
 
@@ -256,7 +260,7 @@ async def screenshot(ctx, size):
 # ---------------------------------------------------------------- definition
 @_vm(namespace=DEFINITION, action="define", args=(Arg("domain", source="element", help="libvirt <domain> XML"),), adhoc=True, help="define (replace) this VM's libvirt definition")
 async def define(ctx, domain):
-    await ctx.agent.vms.define(ctx.entity, domain)
+    await ctx.agent.vms.define(ctx.entity, domain, sender=ctx.sender_bare)
 
 
 @_vm(namespace=DEFINITION, action="undefine", chat=("undefine",), help="remove this VM's libvirt definition (the entity stays)")

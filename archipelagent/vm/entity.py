@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import libvirt
 
-from ..errors import NotFound, Unavailable
+from ..errors import LibvirtFailure, NotFound, Unavailable
 from ..state import VMRecord
 from ..virt.events import push_for_event
 from ..xmpp.entity import Entity
@@ -39,6 +39,7 @@ class VMEntity(Entity):
         self.pending_subscribe: str | None = None
         self._cpu_sample: tuple[float, int] | None = None
         self._state_lock = asyncio.Lock()
+        self._domain_cache: tuple[int, libvirt.virDomain] | None = None
 
     @property
     def full_jid(self) -> str:
@@ -46,8 +47,19 @@ class VMEntity(Entity):
 
     # -------------------------------------------------------------- libvirt
     async def domain(self) -> libvirt.virDomain:
-        """The libvirt domain (looked up each time: objects go stale on reconnect)."""
-        return await self.agent.libvirt.lookup(self.uuid)
+        """The libvirt domain, cached for the current libvirt connection only.
+
+        Domain objects go stale when libvirt reconnects (the generation
+        changes) and when the domain is undefined (the cache is dropped on
+        lifecycle events), so a stale object is never used.
+        """
+        conn = self.agent.libvirt
+        cached = self._domain_cache
+        if cached is not None and cached[0] == conn.generation:
+            return cached[1]
+        dom = await conn.lookup(self.uuid)
+        self._domain_cache = (conn.generation, dom)
+        return dom
 
     async def refresh_state(self) -> int | None:
         """Read the state from libvirt and show it as presence."""
@@ -59,6 +71,11 @@ class VMEntity(Entity):
                 dom = await self.domain()
                 state, _reason = await self.agent.libvirt.call(dom.state)
             except NotFound:
+                state = None
+            except LibvirtFailure as exc:
+                if exc.code != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+                self._domain_cache = None
                 state = None
             except Unavailable:
                 self.set_presence(LIBVIRT_LOST[1], LIBVIRT_LOST[0])
@@ -82,6 +99,7 @@ class VMEntity(Entity):
         """A libvirt lifecycle event for this domain: presence then push."""
         if self._stopping:
             return  # being freed or unmanaged: the hypervisor's push says so
+        self._domain_cache = None  # defined/undefined events may replace the object
         await self.refresh_state()
         push = push_for_event(event, detail)
         if push is not None:

@@ -51,3 +51,10 @@ def test_check_flag_accepts_a_good_file(stack, tmp_path):
     conf = write_config(stack, tmp_path)
     result = run_agent(conf, "--check")
     assert result.returncode == 0, result.stderr
+
+
+def test_bad_feature_module_key_exits_2(stack, tmp_path):
+    conf = write_config(stack, tmp_path, {"STORAGE": {"max_disk_size": "huge"}})
+    result = run_agent(conf)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "[STORAGE] max_disk_size" in result.stderr

@@ -234,3 +234,15 @@ async def test_chat_commands_on_a_vm(agent, admin):
     help_text = await admin.chat(full, "help")
     assert "start" in help_text and "destroy" in help_text
     await admin.acp(agent.full_jid, HV_NS, "free", {"jid": jid})
+
+
+async def test_alloc_and_free_by_chat(agent, admin, stack):
+    name = unique_name("chat")
+    text = await admin.chat(agent.full_jid, f"alloc {name}")
+    assert text.startswith("Allocated ") and "subscription" in text
+    jid = text.split()[1].rstrip(";")
+    await admin.wait_presence(from_vm(jid, "Off"), timeout=30)
+    assert name in await admin.chat(agent.full_jid, "vms")
+    assert f"Freed {jid}" in await admin.chat(agent.full_jid, f"free {name}")
+    assert await asyncio.to_thread(libvirt_state, stack, jid.split("@")[0]) is None
+    assert "Error:" in await admin.chat(agent.full_jid, f"free {name}")

@@ -11,6 +11,10 @@ from slixmpp.exceptions import IqError
 
 STANZA_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 
+# RFC 6120 conditions slixmpp does not know (it would fail to parse the error reply):
+# quota refusals use policy-violation.
+slixmpp.stanza.Error.conditions = set(slixmpp.stanza.Error.conditions) | {"policy-violation"}
+
 
 class AcpError(Exception):
     """An error reply, with the pieces tests assert on."""

@@ -1,0 +1,457 @@
+"""Quotas per user and per LDAP group: number of VMs, vCPUs, memory (KiB), disk (bytes).
+
+* **Limits** are stored globally in the permissions database, table
+  ``quotas(target_type, target, vms, vcpus, memory, disk)`` (see
+  :mod:`archipelagent.permissions.store`); an unset limit is unlimited.
+* **Applicable quotas** of a user: their own quota and the quota of each LDAP
+  group they belong to.  All apply: per resource the smallest limit wins (the
+  most restrictive), a user quota winning ties so the error names it.  LDAP is
+  asked only when some group has a quota; if it is unreachable then, the
+  request is refused (``-48`` "LDAP is unreachable"), never let through.
+* **Usage** of a user is the VMs they own (``owner`` in the VM database,
+  :mod:`archipelagent.state`): one VM each, the vCPUs and memory of the
+  persistent libvirt definition, and the sizes of the files in the VM folders.
+  Memory and vCPUs count what the VM is given (``currentMemory``, the
+  ``current`` vCPU count).  A new or replaced definition (alloc, define) is
+  counted at its **maximum** memory (:func:`~archipelagent.virt.policy.memory_kib`)
+  because a balloon target binds only a cooperative guest; vCPUs beyond
+  ``current`` can only be plugged by the host, i.e. by ``setvcpus``, which is
+  checked.  ``memory`` and ``setvcpus`` count their new value for that VM.
+* **Checks** run on alloc, clone, define, memory, setvcpus and (through
+  :meth:`QuotaCenter.check_disk`) disk creation.  A change is refused only when
+  it makes a resource grow beyond a limit: shrinking is always allowed, even
+  over a quota an admin lowered afterwards.  The usage counted is the owner's
+  (the person who pays), whoever sends the request.  Admins (root admins and
+  ``ldap_admin_groups``) are never limited, neither as owners nor as senders.
+
+``archipel:quota`` on the hypervisor: ``set`` / ``get`` (permissions
+``quota_set`` / ``quota_get``) and ``usage`` (``quota_usage``, except that
+anyone may read their own usage).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+from .commands import Arg, CommandSet, element
+from .errors import ArchipelError, InvalidArgument, MissingArgument, NotFound
+from .permissions.center import Permission
+from .permissions.store import GROUP, QUOTA_RESOURCES, USER, bare, name_key
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .agent import Agent
+
+log = logging.getLogger(__name__)
+
+NS = "archipel:quota"
+RESOURCES = QUOTA_RESOURCES  # ("vms", "vcpus", "memory", "disk")
+UNITS = {"vms": "", "vcpus": "", "memory": " KiB", "disk": " bytes"}
+TARGET_TYPES = (USER, GROUP)
+
+
+class QuotaExceeded(ArchipelError):
+    """A request would take a user beyond one of their quotas."""
+
+    code = -51
+    condition = "policy-violation"
+
+    def __init__(self, resource: str, requested: int, limit: int, source: str, used: int):
+        unit = UNITS[resource]
+        super().__init__(f"quota exceeded: {resource} {requested}{unit} requested, limit {limit}{unit} "
+                         f"for {source} (already used {used}{unit})")
+        self.resource, self.requested, self.limit, self.source, self.used = resource, requested, limit, source, used
+
+
+# ----------------------------------------------------------------- arithmetic
+@dataclass(frozen=True)
+class Usage:
+    vms: int = 0
+    vcpus: int = 0
+    memory: int = 0  # KiB
+    disk: int = 0    # bytes
+
+    def __add__(self, other: "Usage") -> "Usage":
+        return Usage(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+    def __sub__(self, other: "Usage") -> "Usage":
+        return Usage(*(getattr(self, f.name) - getattr(other, f.name) for f in fields(self)))
+
+    def get(self, resource: str) -> int:
+        return getattr(self, resource)
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: self.get(name) for name in RESOURCES}
+
+
+ZERO = Usage()
+
+
+@dataclass(frozen=True)
+class Quota:
+    """The limits of one user (``target_type`` user, a bare JID) or LDAP group (a cn)."""
+
+    target_type: str
+    target: str
+    limits: dict
+
+    @property
+    def source(self) -> str:
+        return f"{self.target_type} {self.target}"
+
+
+@dataclass(frozen=True)
+class Limit:
+    value: int
+    quota: Quota
+
+
+def effective_limits(quotas: Iterable[Quota]) -> dict[str, Limit]:
+    """Per resource, the most restrictive limit among ``quotas`` (unlimited resources are absent).
+
+    Ties go to the first quota given (the user's own comes first).
+    """
+    best: dict[str, Limit] = {}
+    for quota in quotas:
+        for resource in RESOURCES:
+            value = quota.limits.get(resource)
+            if value is None:
+                continue
+            if resource not in best or value < best[resource].value:
+                best[resource] = Limit(value, quota)
+    return best
+
+
+def check_limits(before: Usage, after: Usage, limits: dict[str, Limit]) -> None:
+    """Raise :class:`QuotaExceeded` for the first resource that grows beyond its limit."""
+    for resource in RESOURCES:
+        limit = limits.get(resource)
+        wanted, used = after.get(resource), before.get(resource)
+        if limit is not None and wanted > limit.value and wanted > used:
+            raise QuotaExceeded(resource, wanted, limit.value, limit.quota.source, used)
+
+
+# ------------------------------------------------------------ definitions
+def _kib(value: str | None, unit: str | None) -> int:
+    from .virt.policy import _unit_bytes
+
+    per_unit = _unit_bytes(unit) if unit else 1024
+    text = (value or "").strip()
+    if per_unit is None or not text.isdigit():
+        return 0
+    return -(-int(text) * per_unit // 1024)
+
+
+def definition_maximum(root) -> Usage:
+    """What a new or replaced definition (lxml ``<domain>``) may use: maximum memory, current vCPUs."""
+    from .virt.policy import memory_kib
+
+    return Usage(vms=1, vcpus=current_vcpus(root), memory=memory_kib(root))
+
+
+def current_vcpus(root) -> int:
+    from .virt.policy import vcpus
+
+    maximum = vcpus(root)
+    vcpu = root.find("vcpu")
+    current = (vcpu.get("current") or "").strip() if vcpu is not None else ""
+    return min(int(current), maximum) if current.isdigit() else maximum
+
+
+def current_memory_kib(root) -> int:
+    """``currentMemory`` (libvirt clamps it to the maximum), else the maximum."""
+    from .virt.policy import memory_kib
+
+    maximum = memory_kib(root)
+    current = root.find("currentMemory")
+    if current is None:
+        return maximum
+    return min(_kib(current.text, current.get("unit")), maximum)
+
+
+def folder_bytes(folder: Path) -> int:
+    """Total size of the files under ``folder`` (blocking; 0 when it does not exist)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass  # removed meanwhile
+    return total
+
+
+def parse_xml(xml: str):
+    from lxml import etree
+
+    return etree.fromstring(xml.encode() if isinstance(xml, str) else xml,
+                            etree.XMLParser(resolve_entities=False, no_network=True))
+
+
+# ------------------------------------------------------------------ center
+class QuotaCenter:
+    """Usage of users and the quota checks; stateless (limits are read from the store each time)."""
+
+    def __init__(self, agent: "Agent"):
+        self.agent = agent
+
+    @property
+    def store(self):
+        return self.agent.permissions.store
+
+    # -- usage -----------------------------------------------------------------
+    async def vm_usage(self, entity) -> Usage:
+        """One VM: 1, its current vCPUs and memory (libvirt, persistent definition), its folder's files."""
+        import libvirt
+
+        vcpus = memory = 0
+        try:
+            dom = await self.agent.libvirt.lookup(entity.uuid)
+            root = parse_xml(await self.agent.libvirt.call(dom.XMLDesc, libvirt.VIR_DOMAIN_XML_INACTIVE))
+            vcpus, memory = current_vcpus(root), current_memory_kib(root)
+        except NotFound:
+            pass  # not defined: counts as a VM, with nothing else
+        except ArchipelError as exc:
+            if exc.code != -47:
+                raise
+        disk = await asyncio.to_thread(folder_bytes, self.agent.vms.folder(entity.uuid))
+        return Usage(1, vcpus, memory, disk)
+
+    def owned(self, user: str) -> list:
+        user = bare(user)
+        return [e for e in self.agent.vms.entities.values() if bare(e.record.owner or "-") == user]
+
+    async def usage(self, user: str) -> Usage:
+        total = ZERO
+        for entity in self.owned(user):
+            total = total + await self.vm_usage(entity)
+        return total
+
+    # -- limits ----------------------------------------------------------------
+    async def quotas_for(self, user: str) -> list[Quota]:
+        """The user's own quota first, then those of their LDAP groups (LDAP only if groups have quotas)."""
+        user = bare(user)
+        rows = await self.store.quotas()
+        found = [Quota(USER, target, limits) for kind, target, limits in rows if kind == USER and target == user]
+        group_rows = {target: limits for kind, target, limits in rows if kind == GROUP}
+        if group_rows:
+            groups = await self.agent.permissions.user_groups(user)  # may raise DirectoryUnavailable
+            found += [Quota(GROUP, group, group_rows[group]) for group in sorted(groups) if group in group_rows]
+        return found
+
+    async def limits_for(self, user: str) -> dict[str, Limit]:
+        return effective_limits(await self.quotas_for(user))
+
+    async def exempt(self, *users: str | None) -> bool:
+        """Admins are not limited."""
+        for user in users:
+            if user and await self.agent.permissions.is_admin(bare(user)):
+                return True
+        return False
+
+    # -- checks ----------------------------------------------------------------
+    async def check(self, owner: str, add: Usage, remove: Usage = ZERO, *, sender: str | None = None) -> None:
+        """Refuse (QuotaExceeded) when ``owner``'s usage + ``add`` - ``remove`` grows beyond a limit."""
+        if await self.exempt(sender, owner):
+            return
+        limits = await self.limits_for(owner)
+        if not limits:
+            return
+        before = await self.usage(owner)
+        check_limits(before, before + add - remove, limits)
+
+    async def check_new(self, owner: str, root, *, sender: str | None = None, disk: int = 0) -> None:
+        """A new VM (alloc) with the definition ``root`` (lxml)."""
+        await self.check(owner, replace(definition_maximum(root), disk=disk), sender=sender)
+
+    async def check_clone(self, owner: str, source, *, sender: str | None = None) -> None:
+        """A copy of the VM entity ``source``: same vCPUs and memory, its folder's size on disk."""
+        await self.check(owner, await self.vm_usage(source), sender=sender)
+
+    async def check_define(self, entity, root, *, sender: str | None = None) -> None:
+        """``entity``'s definition replaced by ``root``: counted at its maximum memory."""
+        owner = entity.record.owner or sender
+        if not owner:
+            return
+        current = await self.vm_usage(entity)
+        new = definition_maximum(root)
+        await self.check(owner, Usage(vcpus=new.vcpus, memory=new.memory),
+                         Usage(vcpus=current.vcpus, memory=current.memory), sender=sender)
+
+    async def check_memory(self, entity, value_kib: int, *, sender: str | None = None) -> None:
+        owner = entity.record.owner or sender
+        if owner:
+            current = await self.vm_usage(entity)
+            await self.check(owner, Usage(memory=value_kib), Usage(memory=current.memory), sender=sender)
+
+    async def check_vcpus(self, entity, count: int, *, sender: str | None = None) -> None:
+        owner = entity.record.owner or sender
+        if owner:
+            current = await self.vm_usage(entity)
+            await self.check(owner, Usage(vcpus=count), Usage(vcpus=current.vcpus), sender=sender)
+
+    async def check_disk(self, user: str, extra_bytes: int, *, sender: str | None = None) -> None:
+        """For disk creation: may ``user`` (the VM's owner) use ``extra_bytes`` more on disk?"""
+        await self.check(user, Usage(disk=max(0, int(extra_bytes))), sender=sender)
+
+
+def quota_center(agent: "Agent") -> QuotaCenter:
+    """The agent's quota center (created on first use; it holds no state of its own)."""
+    center = getattr(agent, "quotas", None)
+    if center is None:
+        center = QuotaCenter(agent)
+        agent.quotas = center
+    return center
+
+
+async def check_disk(agent: "Agent", user: str, extra_bytes: int, *, sender: str | None = None) -> None:
+    """Module-level shortcut of :meth:`QuotaCenter.check_disk`."""
+    await quota_center(agent).check_disk(user, extra_bytes, sender=sender)
+
+
+# ---------------------------------------------------------------- commands
+commands = CommandSet()
+
+# ``usage`` checks quota_usage itself (anyone may read their own), so the
+# permission is declared here rather than by a command (see agent.declare_permissions).
+EXTRA_PERMISSIONS = (("hypervisor", Permission("quota_usage", "Read the quota usage of any user")),)
+
+CLEAR_WORDS = {"", "none", "unlimited", "-"}
+_SIZE = re.compile(r"^\s*(\d{1,20})\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
+_SCALE = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
+
+
+class _Clear:
+    """A limit given empty: remove it."""
+
+    def __repr__(self) -> str:
+        return "CLEAR"
+
+
+CLEAR = _Clear()
+
+
+def parse_count(value: str):
+    if value.strip().lower() in CLEAR_WORDS:
+        return CLEAR
+    if not value.strip().isdigit():
+        raise ValueError(f"expected a whole number (or empty to clear), got {value!r}")
+    return int(value)
+
+
+def parse_size(base: int):
+    """Sizes: a number in the base unit, or with a K/M/G/T/P suffix (powers of 1024)."""
+    def parse(value: str):
+        if value.strip().lower() in CLEAR_WORDS:
+            return CLEAR
+        match = _SIZE.match(value)
+        if not match:
+            raise ValueError(f"expected a size such as 262144 or 2G (or empty to clear), got {value!r}")
+        number, scale = int(match.group(1)), _SCALE[match.group(2).lower()]
+        return max(0, number * 1024 ** scale // base) if scale else number
+    return parse
+
+
+def _target(target_type: str, target: str) -> str:
+    target = target.strip()
+    if target_type == USER:
+        jid = bare(target) if target else ""
+        node, _, domain = jid.partition("@")
+        if not node or not domain or " " in jid:
+            raise InvalidArgument("target", f"not a bare JID: {target!r}")
+        return jid
+    try:
+        return name_key(target)
+    except ValueError:
+        raise InvalidArgument("target", "empty group name") from None
+
+
+def quota_element(target_type: str, target: str, limits: dict):
+    return element("quota", {"target_type": target_type, "target": target,
+                             **{name: limits[name] for name in RESOURCES if name in limits}})
+
+
+TYPE_ARG = Arg("target_type", choices=TARGET_TYPES, required=False, default=USER, help="user or group")
+TARGET_ARG = Arg("target", help="bare JID (user) or LDAP group cn (group)")
+LIMIT_ARGS = (
+    Arg("vms", parse=parse_count, required=False, help="number of VMs (empty: unlimited)"),
+    Arg("vcpus", parse=parse_count, required=False, help="vCPUs in all (empty: unlimited)"),
+    Arg("memory", parse=parse_size(1024), required=False, help="memory in KiB, or 512M, 4G (empty: unlimited)"),
+    Arg("disk", parse=parse_size(1), required=False, help="disk in bytes, or 10G (empty: unlimited)"),
+)
+
+
+@commands.command(NS, "set", permission="quota_set", kinds=("hypervisor",), args=(TYPE_ARG, TARGET_ARG, *LIMIT_ARGS),
+                  help="set the quota of a user or LDAP group (an empty value makes it unlimited)")
+async def set_quota(ctx, target_type, target, vms, vcpus, memory, disk):
+    target = _target(target_type, target)
+    given = {name: value for name, value in (("vms", vms), ("vcpus", vcpus), ("memory", memory), ("disk", disk))
+             if value is not None}
+    if not given:
+        raise MissingArgument("vms, vcpus, memory or disk")
+    limits = await ctx.agent.permissions.store.set_quota(
+        target_type, target, {name: None if value is CLEAR else value for name, value in given.items()})
+    log.info("quota of %s %s set by %s: %s", target_type, target, ctx.sender_bare, limits or "unlimited")
+    return quota_element(target_type, target, limits)
+
+
+@commands.command(NS, "get", permission="quota_get", kinds=("hypervisor",), args=(TYPE_ARG, TARGET_ARG),
+                  help="the quota of a user or LDAP group (absent limits are unlimited)")
+async def get_quota(ctx, target_type, target):
+    target = _target(target_type, target)
+    return quota_element(target_type, target, await ctx.agent.permissions.store.quota(target_type, target))
+
+
+async def usage_element(center: QuotaCenter, user: str, *, with_vms: bool = True):
+    admin = await center.exempt(user)
+    limits = {} if admin else await center.limits_for(user)
+    owned = center.owned(user)
+    per_vm = [(entity, await center.vm_usage(entity)) for entity in owned]
+    total = sum((u for _, u in per_vm), ZERO)
+    children = []
+    for resource in RESOURCES:
+        attrs = {"name": resource, "used": total.get(resource)}
+        limit = limits.get(resource)
+        if limit is not None:
+            attrs.update(limit=limit.value, target_type=limit.quota.target_type, target=limit.quota.target)
+        children.append(element("resource", attrs))
+    if with_vms:
+        children += [element("vm", {"jid": entity.jid, "name": entity.name, **u.as_dict()}) for entity, u in per_vm]
+    return element("usage", {"user": user, "admin": "yes" if admin else "no"}, children=children)
+
+
+def _render_usage(payload) -> str:
+    lines = []
+    for usage in payload:
+        parts = []
+        for res in usage.findall("resource"):
+            limit = res.get("limit")
+            unit = UNITS[res.get("name")]
+            parts.append(f"{res.get('name')} {res.get('used')}{unit}" + (f" of {limit}{unit}" if limit else ""))
+        extra = " (admin: unlimited)" if usage.get("admin") == "yes" else ""
+        lines.append(f"{usage.get('user')}{extra}: " + ", ".join(parts))
+    return "\n".join(lines) or "No usage."
+
+
+@commands.command(
+    NS, "usage", permission=None, kinds=("hypervisor",), chat=("usage", "my usage", "quota"),
+    chat_render=_render_usage,
+    args=(Arg("target", required=False, help="a user's bare JID (default: you)"),
+          Arg("all", parse=lambda v: v.strip().lower() in ("1", "true", "yes", "y"), required=False, default=False,
+              help="1: every VM owner's usage")),
+    help="your usage and effective limits (another user's, or all, needs quota_usage)",
+)
+async def usage(ctx, target, all):  # noqa: A002 - the wire attribute's name
+    center = quota_center(ctx.agent)
+    user = _target(USER, target) if target else ctx.sender_bare
+    if all or user != ctx.sender_bare:
+        await ctx.agent.permissions.require(ctx.entity.jid, ctx.entity.kind, ctx.sender_bare, "quota_usage",
+                                            action="usage")
+    if not all:
+        return [await usage_element(center, user)]
+    owners = sorted({bare(e.record.owner) for e in ctx.agent.vms.entities.values() if e.record.owner})
+    return [await usage_element(center, owner, with_vms=False) for owner in owners]

@@ -1,0 +1,73 @@
+"""``archipel:subscription`` add/remove on every entity (Archipel's §2.1).
+
+* ``add jid``: grant ``presence`` to ``jid`` on this entity, put it in the
+  entity's roster, ask for its presence (``subscribe``) and authorize it to see
+  the entity's (``subscribed``).  Push ``subscription`` / ``added``.
+* ``remove jid``: revoke ``presence``, ``unsubscribe`` and ``unsubscribed``,
+  then delete the roster item.  Push ``subscription`` / ``removed``.
+
+Whoever holds ``presence`` may also subscribe by themselves: the entity's
+``_on_subscribe`` (xmpp/entity.py) accepts them and answers anyone else with
+``unsubscribed``.
+"""
+from __future__ import annotations
+
+import logging
+
+from slixmpp.exceptions import IqError, IqTimeout
+
+from .commands import Arg, CommandSet, element
+from .errors import Unavailable
+from .permissions.store import bare
+
+log = logging.getLogger(__name__)
+
+NS = "archipel:subscription"
+PUSH = "subscription"
+
+commands = CommandSet()
+
+
+def _jid(value: str) -> str:
+    jid = bare(value)
+    node, _, domain = jid.partition("@")
+    if not node or not domain or " " in jid or "@" in domain:
+        raise ValueError(f"not a bare JID: {value!r}")
+    return jid
+
+
+JID_ARG = (Arg("jid", parse=_jid, help="the contact's bare JID"),)
+
+
+async def _roster(entity, jid: str, **kwargs) -> None:
+    try:
+        await entity.xmpp.update_roster(jid, timeout=10, **kwargs)
+    except IqError as exc:
+        raise Unavailable(f"the server refused the roster change for {jid}: {exc.condition}") from None
+    except IqTimeout:
+        raise Unavailable(f"no answer from the server to the roster change for {jid}") from None
+
+
+@commands.command(NS, "add", permission="subscription_add", args=JID_ARG, chat=("subscribe", "add contact"),
+                  help="let a contact see this entity: grant presence, add to the roster, subscribe both ways")
+async def add(ctx, jid):
+    entity = ctx.entity
+    await ctx.agent.permissions.set_permission(entity.jid, entity.kind, jid, "presence", True)
+    await _roster(entity, jid, name=jid.split("@", 1)[0])
+    entity.xmpp.send_presence(pto=jid, ptype="subscribed")
+    entity.xmpp.send_presence(pto=jid, ptype="subscribe")
+    log.info("%s: %s added %s to the roster", entity.jid, ctx.sender_bare, jid)
+    await entity.push(PUSH, "added", [element("subscription", {"jid": jid})])
+
+
+@commands.command(NS, "remove", permission="subscription_remove", args=JID_ARG,
+                  chat=("unsubscribe", "remove contact"),
+                  help="stop a contact seeing this entity: revoke presence, unsubscribe, remove from the roster")
+async def remove(ctx, jid):
+    entity = ctx.entity
+    await ctx.agent.permissions.set_permission(entity.jid, entity.kind, jid, "presence", False)
+    entity.xmpp.send_presence(pto=jid, ptype="unsubscribed")
+    entity.xmpp.send_presence(pto=jid, ptype="unsubscribe")
+    await _roster(entity, jid, subscription="remove")
+    log.info("%s: %s removed %s from the roster", entity.jid, ctx.sender_bare, jid)
+    await entity.push(PUSH, "removed", [element("subscription", {"jid": jid})])

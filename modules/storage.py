@@ -1,0 +1,982 @@
+"""``archipel:vm:disk``: the disks of a VM, the ISO library and golden images.
+
+Disks are files in the VM's folder on the shared storage
+(``<vm_base_path>/<uuid>/``).  Every path a request names is confined: names
+are validated, symlinks and ``..`` are resolved with ``realpath`` and the
+result must be a direct child of the VM folder (or of the configured ISO /
+golden folders); a qcow2 whose backing chain leaves the VM folder and the
+golden folder is refused before any tool reads it.
+
+``qemu-img`` runs as an asyncio subprocess, never on the event loop.  Long work
+(convert, copying a disk into the golden folder) is accepted at once, runs in
+the background and reports through pushes (``disk``: ``progress``, then
+``converted``/``goldened`` or ``failed``); other commands keep being served.
+
+Archipel's bug fixed: ``getgolden``/``setgolden`` have their own permissions
+(``drives_getgolden``, ``drives_setgolden``) instead of ``drives_create_golden``.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import libvirt
+
+from archipelagent.commands import Arg, CommandSet, element
+from archipelagent.config import ConfigError
+from archipelagent.errors import ArchipelError, Conflict, InvalidArgument, NotFound
+
+log = logging.getLogger(__name__)
+
+NS = "archipel:vm:disk"
+PUSH = "disk"
+SECTION = "STORAGE"
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+UNITS = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+FORMATS = ("qcow2", "raw")
+PREALLOCATIONS = ("off", "metadata", "falloc", "full")
+DISK_SUFFIXES = (".qcow2", ".qcow", ".img", ".raw", ".vmdk", ".vdi", ".vhd", ".vhdx")
+ISO_SUFFIXES = (".iso", ".img")
+SUFFIX = {"qcow2": ".qcow2", "raw": ".raw"}
+SECTOR = 512
+DEFAULT_MAX_DISK = "4T"
+QEMU_IMG_TIMEOUT = 60.0  # info/create/resize/rebase; convert has no timeout
+
+
+class DiskToolError(ArchipelError):
+    """qemu-img (or the filesystem) failed on a disk; the message says why."""
+
+    code = -1050
+    condition = "internal-server-error"
+
+
+class PathRefused(InvalidArgument):
+    """A name or path that would leave the VM folder or the configured libraries."""
+
+
+# ------------------------------------------------------------ pure helpers
+def validate_name(name: Any, argument: str = "name") -> str:
+    """A file name: 1-64 of letters, digits, '.', '_', '-', starting with a letter or digit."""
+    if not isinstance(name, str) or not name:
+        raise InvalidArgument(argument, "must not be empty")
+    if "\x00" in name:
+        raise PathRefused(argument, "contains a NUL character")
+    if "/" in name or "\\" in name:
+        raise PathRefused(argument, f"'{name}' must be a plain file name, without '/'")
+    if not NAME_RE.match(name):
+        raise PathRefused(argument, f"'{name[:80]}' is not a valid name: 1-64 letters, digits, '.', '_' or '-', "
+                                    "starting with a letter or digit")
+    return name
+
+
+def parse_size(size: Any, unit: str | None = None, *, maximum: int | None = None, argument: str = "size") -> int:
+    """``size`` (``"10"``, ``"1.5"`` or ``"10G"``) in ``unit`` (K, M, G or T; binary) → bytes,
+    rounded up to a 512-byte sector."""
+    text = str(size if size is not None else "").strip()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KkMmGgTt])?(?:i?[Bb])?", text)
+    if not match:
+        raise InvalidArgument(argument, f"expected a positive number, optionally followed by K, M, G or T, got {text[:40]!r}")
+    number, suffix = match.groups()
+    if suffix and unit and suffix.upper() != unit.strip().upper()[:1]:
+        raise InvalidArgument("unit", f"the size says {suffix.upper()} but unit is {unit!r}")
+    letter = (suffix or unit or "").strip().upper()
+    if letter.endswith("IB"):
+        letter = letter[:-2]
+    elif letter.endswith("B") and len(letter) > 1:
+        letter = letter[:-1]
+    if letter not in UNITS:
+        raise InvalidArgument("unit", f"expected K, M, G or T, got {unit!r}" if unit else "missing (K, M, G or T)")
+    value = float(number) * UNITS[letter]
+    if not math.isfinite(value) or value <= 0:
+        raise InvalidArgument(argument, "must be greater than 0")
+    result = int(math.ceil(value / SECTOR)) * SECTOR
+    if maximum is not None and result > maximum:
+        raise InvalidArgument(argument, f"{human_size(result)} is above the maximum disk size of {human_size(maximum)}")
+    return result
+
+
+def human_size(n: int) -> str:
+    for letter in ("T", "G", "M", "K"):
+        if n >= UNITS[letter] and n % (UNITS[letter] // 1024 or 1) == 0:
+            value = n / UNITS[letter]
+            return f"{value:.3g}{letter}" if value != int(value) else f"{int(value)}{letter}"
+    return f"{n}B"
+
+
+def realpath(path: str | os.PathLike) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def within(path: str | os.PathLike, bases: Iterable[str | os.PathLike]) -> bool:
+    """True when ``path`` resolves (symlinks, ``..``) strictly inside one of ``bases``."""
+    real = realpath(path)
+    for base in bases:
+        b = realpath(base)
+        if real != b and real.is_relative_to(b):
+            return True
+    return False
+
+
+def confined_file(folder: str | os.PathLike, ref: Any, *, argument: str = "name", what: str = "this VM's folder") -> Path:
+    """The file ``ref`` names in ``folder``: a plain name, or an absolute path that
+    resolves to a direct child of ``folder``.  Symlinks leaving it are refused."""
+    if not isinstance(ref, str) or not ref:
+        raise InvalidArgument(argument, "must not be empty")
+    if "\x00" in ref:
+        raise PathRefused(argument, "contains a NUL character")
+    base = realpath(folder)
+    if os.path.isabs(ref):
+        real = realpath(ref)
+        if real.parent != base:
+            raise PathRefused(argument, f"'{ref[:200]}' is outside {what}")
+        ref = real.name
+    validate_name(ref, argument)
+    real = realpath(base / ref)
+    if real.parent != base:
+        raise PathRefused(argument, f"'{ref}' resolves to '{real}', outside {what}")
+    return real
+
+
+def disk_file_name(name: str, fmt: str) -> str:
+    """``name`` as given if it already has a disk suffix, else ``name.<format suffix>``."""
+    validate_name(name)
+    if Path(name).suffix.lower() in DISK_SUFFIXES:
+        return name
+    return validate_name(name + SUFFIX[fmt])
+
+
+def bool_yes(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected yes or no, got {value!r}")
+
+
+def chain_problems(chain: list[dict], allowed: Iterable[Path]) -> list[str]:
+    """Why a ``qemu-img info --backing-chain`` result is unacceptable (empty: fine).
+
+    Every image of the chain (and any qcow2 external data file) must be a plain
+    file path inside one of ``allowed``; pseudo-protocols (``json:``, ``nbd:``…) are refused.
+    """
+    allowed = tuple(allowed)
+    problems = []
+    for image in chain:
+        names = [image.get("filename")]
+        data_file = (((image.get("format-specific") or {}).get("data") or {}).get("data-file"))
+        if data_file:
+            names.append(data_file)
+        for name in names:
+            if not name:
+                continue
+            if not os.path.isabs(name) or ":" in name.split("/", 1)[0]:
+                problems.append(f"'{name[:200]}' is not a plain file path")
+            elif not within(name, allowed):
+                problems.append(f"'{name[:200]}' is outside the VM folder and the golden images folder")
+    return problems
+
+
+# ------------------------------------------------------------------ config
+@dataclass(frozen=True)
+class StorageConfig:
+    vm_base_path: Path
+    iso_library_path: Path
+    golden_images_path: Path
+    qemu_img: str
+    max_disk_bytes: int
+    long_jobs: int
+
+
+def read_config(config) -> StorageConfig:
+    """The ``[STORAGE]`` keys this module uses, with defaults; ConfigError on a bad value."""
+    parser = config.parser
+    base = Path(config.vm.base_path)
+    path = config.path
+
+    def raw(key: str, default: str) -> str:
+        if parser is None or not parser.has_section(SECTION):
+            return default
+        try:
+            value = parser.get(SECTION, key, fallback=None)
+        except Exception as exc:  # noqa: BLE001 - interpolation errors
+            raise ConfigError(path, SECTION, key, f"cannot read the value: {exc}") from None
+        value = (value or "").strip()
+        return value or default
+
+    def folder(key: str, default: Path) -> Path:
+        value = raw(key, str(default))
+        p = Path(os.path.normpath(value))
+        if not p.is_absolute():
+            raise ConfigError(path, SECTION, key, f"expected an absolute path, found {value!r}")
+        rp, rb = realpath(p), realpath(base)
+        if rp == rb or rp.is_relative_to(rb) or rb.is_relative_to(rp):
+            raise ConfigError(path, SECTION, key, f"{value!r} must not overlap vm_base_path ({base}): "
+                                                  "VM folders and libraries are confined separately")
+        if p.exists() and not p.is_dir():
+            raise ConfigError(path, SECTION, key, f"{value!r} exists and is not a directory")
+        return p
+
+    iso = folder("iso_library_path", Path(os.path.normpath(base / ".." / "iso")))
+    golden = folder("golden_images_path", Path(os.path.normpath(base / ".." / "golden")))
+    qemu_img = raw("qemu_img_path", "qemu-img")
+    found = shutil.which(qemu_img)
+    if not found:
+        raise ConfigError(path, SECTION, "qemu_img_path", f"{qemu_img!r} not found (install qemu-utils)")
+    max_text = raw("max_disk_size", DEFAULT_MAX_DISK)
+    try:
+        max_bytes = parse_size(max_text, None, argument="max_disk_size")
+    except InvalidArgument:
+        raise ConfigError(path, SECTION, "max_disk_size",
+                          f"expected a size such as 500G or 4T, found {max_text!r}") from None
+    jobs_text = raw("disk_jobs", "2")
+    if not jobs_text.isdigit() or not 1 <= int(jobs_text) <= 64:
+        raise ConfigError(path, SECTION, "disk_jobs", f"expected an integer between 1 and 64, found {jobs_text!r}")
+    return StorageConfig(base, iso, golden, found, max_bytes, int(jobs_text))
+
+
+# ----------------------------------------------------------------- qemu-img
+async def run_tool(argv: list[str], *, timeout: float | None = QEMU_IMG_TIMEOUT,
+                   progress: Callable[[float], None] | None = None) -> str:
+    """Run a tool as a subprocess; return stdout; DiskToolError with its stderr on failure.
+
+    ``progress`` receives the percentages ``qemu-img -p`` prints.  Cancelled or
+    timed out, the process is killed.
+    """
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env={**os.environ, "LC_ALL": "C"})
+    except OSError as exc:
+        raise DiskToolError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+
+    async def read_out() -> bytes:
+        chunks = []
+        pending = b""
+        while True:
+            data = await proc.stdout.read(4096)
+            if not data:
+                break
+            chunks.append(data)
+            if progress is not None:
+                pending = (pending + data)[-256:]
+                found = re.findall(rb"\((\d+(?:\.\d+)?)/100%\)", pending)
+                if found:
+                    progress(float(found[-1]))
+                    pending = b""
+        return b"".join(chunks)
+
+    try:
+        out, err, _ = await asyncio.wait_for(asyncio.gather(read_out(), proc.stderr.read(), proc.wait()), timeout)
+    except BaseException as exc:
+        if proc.returncode is None:
+            try:
+                proc.kill()
+            except ProcessLookupError:
+                pass
+            await asyncio.shield(proc.wait())
+        if isinstance(exc, asyncio.TimeoutError):
+            raise DiskToolError(f"{Path(argv[0]).name} {argv[1] if len(argv) > 1 else ''} took more than "
+                                f"{timeout:.0f} s and was stopped") from None
+        raise
+    if proc.returncode != 0:
+        text = err.decode(errors="replace").strip().splitlines()
+        message = text[-1] if text else f"exit status {proc.returncode}"
+        message = re.sub(r"^qemu-img: ", "", message)
+        raise DiskToolError(f"{Path(argv[0]).name} {argv[1] if len(argv) > 1 else ''}: {message}".strip())
+    return out.decode(errors="replace")
+
+
+# ------------------------------------------------------------------ service
+@dataclass
+class DiskService:
+    """What the module keeps per agent: its config, per-VM locks, files being worked on."""
+
+    cfg: StorageConfig
+    jobs: asyncio.Semaphore
+    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    busy: dict[Path, str] = field(default_factory=dict)  # real path → operation in progress
+
+    def lock(self, uuid: str) -> asyncio.Lock:
+        return self.locks.setdefault(uuid, asyncio.Lock())
+
+    def folder(self, uuid: str) -> Path:
+        return Path(self.cfg.vm_base_path) / uuid
+
+    def real_folder(self, uuid: str) -> Path:
+        folder = self.folder(uuid)
+        real = realpath(folder)
+        if real.parent != realpath(self.cfg.vm_base_path) or real.name != uuid:
+            raise PathRefused("name", f"the VM folder {folder} resolves to {real}, outside vm_base_path")
+        return real
+
+    def allowed_bases(self, uuid: str) -> tuple[Path, Path]:
+        return (self.real_folder(uuid), realpath(self.cfg.golden_images_path))
+
+    def require_idle(self, *paths: Path) -> None:
+        for p in paths:
+            if p in self.busy:
+                raise Conflict(f"disk '{p.name}' is busy ({self.busy[p]} in progress)")
+
+    def busy_in(self, folder: Path) -> list[str]:
+        return [f"{p.name} ({op})" for p, op in self.busy.items() if p.parent == folder]
+
+    async def qemu_img(self, *args: str, **kw) -> str:
+        return await run_tool([self.cfg.qemu_img, *args], **kw)
+
+    async def info(self, path: Path, *, chain: bool = True) -> list[dict]:
+        """``qemu-img info --output=json`` (``-U``: also while a guest runs); a list, top image first."""
+        argv = ["info", "--output=json", "-U"] + (["--backing-chain"] if chain else []) + [str(path)]
+        out = await self.qemu_img(*argv)
+        try:
+            data = json.loads(out)
+        except ValueError:
+            raise DiskToolError(f"qemu-img info gave unreadable output for '{path.name}'") from None
+        return data if isinstance(data, list) else [data]
+
+    async def checked_info(self, uuid: str, path: Path) -> dict:
+        """The top image's info, after checking its whole backing chain stays in the allowed folders."""
+        try:
+            chain = await self.info(path)
+        except DiskToolError as exc:
+            raise DiskToolError(f"cannot read disk '{path.name}' and its backing chain: {exc.message}") from None
+        problems = chain_problems(chain, self.allowed_bases(uuid))
+        if problems:
+            raise PathRefused("name", f"disk '{path.name}' is refused: its backing chain leaves the allowed folders "
+                                      f"({'; '.join(problems)})")
+        return chain[0]
+
+
+def service(agent) -> DiskService:
+    svc = getattr(agent, "disks", None)
+    if svc is None:
+        cfg = read_config(agent.config)
+        svc = DiskService(cfg, asyncio.Semaphore(cfg.long_jobs))
+        agent.disks = svc
+    return svc
+
+
+def library_paths(agent) -> tuple[Path, ...]:
+    """The read-only libraries (ISO, golden images) for the definition policy's
+    ``PolicyContext.library_paths``; empty when the storage module is not set up."""
+    svc = getattr(agent, "disks", None)
+    if svc is None:
+        return ()
+    return (realpath(svc.cfg.iso_library_path), realpath(svc.cfg.golden_images_path))
+
+
+async def setup(agent) -> None:
+    """Validate [STORAGE] (a bad value stops the agent start) and make the library folders."""
+    try:
+        svc = service(agent)
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        raise
+    for folder in (svc.cfg.iso_library_path, svc.cfg.golden_images_path):
+        try:
+            await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+        except OSError as exc:
+            log.warning("storage: cannot create %s (%s); it is created again when needed", folder, exc.strerror or exc)
+    log.info("storage: ISO library %s, golden images %s", svc.cfg.iso_library_path, svc.cfg.golden_images_path)
+    agent.library_paths = library_paths(agent)  # read by the definition policy (cdroms, backing files)
+
+
+async def teardown(agent) -> None:
+    agent.disks = None
+
+
+# ------------------------------------------------------------ optional hooks
+async def _maybe_await(value):
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+async def require_writable(agent, action: str) -> None:
+    """The storage-health hook (another module), when present: raises while the storage is degraded."""
+    health = getattr(agent, "storage_health", None)
+    hook = getattr(health, "require_writable", None)
+    if hook is not None:
+        await _maybe_await(hook(action))
+
+
+async def check_quota(ctx, extra_bytes: int) -> None:
+    """The quota hook, when present: the disk space counts against the VM's owner."""
+    quotas = getattr(ctx.agent, "quotas", None)
+    hook = getattr(quotas, "check_disk", None)
+    if hook is None or extra_bytes <= 0:
+        return
+    record = getattr(ctx.entity, "record", None)
+    user = (getattr(record, "owner", "") or ctx.sender_bare)
+    try:
+        takes_sender = "sender" in inspect.signature(hook).parameters
+    except (TypeError, ValueError):
+        takes_sender = False
+    kwargs = {"sender": ctx.sender_bare} if takes_sender else {}  # an admin sender is not limited
+    await _maybe_await(hook(user, extra_bytes, **kwargs))
+
+
+# ---------------------------------------------------------- domain helpers
+async def _domain(ctx):
+    try:
+        return await ctx.entity.domain()
+    except NotFound:
+        return None
+
+
+async def _domain_disk_paths(ctx, dom, *, live: bool) -> dict[Path, ET.Element]:
+    """Real path → <disk> element of the domain's disks (live or persistent definition)."""
+    flags = 0 if live else libvirt.VIR_DOMAIN_XML_INACTIVE
+    root = ET.fromstring(await ctx.agent.libvirt.call(dom.XMLDesc, flags))
+    out = {}
+    for disk in root.iter("disk"):
+        for holder in [disk, *disk.iter("backingStore")]:
+            source = holder.find("source")
+            if source is not None and source.get("file"):
+                out.setdefault(realpath(source.get("file")), disk)
+    return out
+
+
+async def _in_use_by_running(ctx, dom, path: Path) -> bool:
+    if dom is None or not await ctx.agent.libvirt.call(dom.isActive):
+        return False
+    return path in await _domain_disk_paths(ctx, dom, live=True)
+
+
+async def _refuse_if_running_uses(ctx, dom, path: Path, verb: str) -> None:
+    if await _in_use_by_running(ctx, dom, path):
+        raise Conflict(f"cannot {verb} '{path.name}': the running VM uses it; shut the VM down first")
+
+
+async def _redefine_disks(ctx, dom, change: Callable[[ET.Element], bool]) -> bool:
+    """Apply ``change`` to the persistent definition; redefine if it says it changed something."""
+    if dom is None:
+        return False
+    xml = await ctx.agent.libvirt.call(dom.XMLDesc, libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
+    root = ET.fromstring(xml)
+    if not change(root):
+        return False
+    await ctx.agent.libvirt.call("defineXML", ET.tostring(root, encoding="unicode"))
+    return True
+
+
+def _disk_sources(root: ET.Element, path: Path) -> list[tuple[ET.Element, ET.Element]]:
+    """(devices, <disk>) pairs whose main source resolves to ``path``."""
+    found = []
+    for devices in root.iter("devices"):
+        for disk in devices.findall("disk"):
+            source = disk.find("source")
+            if source is not None and source.get("file") and realpath(source.get("file")) == path:
+                found.append((devices, disk))
+    return found
+
+
+async def _backed_by(svc: DiskService, folder: Path, path: Path) -> list[str]:
+    """Names of the other disks of the folder whose backing chain contains ``path``."""
+    users = []
+    for other in _disk_files(folder):
+        if other == path:
+            continue
+        try:
+            chain = await svc.info(other)
+        except DiskToolError:
+            continue
+        if any(img.get("filename") and realpath(img["filename"]) == path for img in chain[1:]):
+            users.append(other.name)
+    return users
+
+
+def _disk_files(folder: Path) -> list[Path]:
+    """Real paths of the disk files directly in ``folder`` (symlinks leaving it are skipped)."""
+    if not folder.is_dir():
+        return []
+    out = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.name.startswith(".") or Path(entry.name).suffix.lower() not in DISK_SUFFIXES:
+            continue
+        real = realpath(entry.path)
+        if real.parent != folder or not real.is_file():
+            continue
+        out.append(real)
+    return out
+
+
+def _library_files(folder: Path, suffixes: tuple[str, ...] | None) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    base = realpath(folder)
+    out = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.name.startswith("."):
+            continue
+        if suffixes and Path(entry.name).suffix.lower() not in suffixes:
+            continue
+        real = realpath(entry.path)
+        if real.parent == base and real.is_file():
+            out.append(real)
+    return out
+
+
+def _disk_element(info: dict, path: Path, problem: str | None = None) -> ET.Element:
+    attrs = {"name": path.name, "path": str(path), "format": info.get("format", ""),
+             "virtualSize": info.get("virtual-size", 0), "diskSize": info.get("actual-size", 0)}
+    backing = info.get("full-backing-filename") or info.get("backing-filename")
+    if backing:
+        attrs["backingFile"] = backing
+    if info.get("snapshots"):
+        attrs["snapshots"] = len(info["snapshots"])
+    if problem:
+        attrs["error"] = problem
+    return element("disk", attrs)
+
+
+async def _push(ctx, change: str, **attrs) -> None:
+    try:
+        await ctx.entity.push(PUSH, change, [element("disk", attrs)])
+    except Exception as exc:  # noqa: BLE001 - a push never fails the command
+        log.warning("%s: disk push %s failed: %s", ctx.entity.jid, change, exc)
+
+
+def _progress_pusher(ctx, action: str, name: str) -> Callable[[float], None]:
+    """A qemu-img progress callback that pushes every 10 %."""
+    last = {"pct": -10}
+
+    def report(pct: float) -> None:
+        step = int(pct) // 10 * 10
+        if step >= last["pct"] + 10 and step < 100:
+            last["pct"] = step
+            ctx.agent.spawn(_push(ctx, "progress", name=name, action=action, progress=step), name=f"disk-progress-{name}")
+
+    return report
+
+
+def _render_disks(payload) -> str:
+    if not payload:
+        return "No disks."
+    return "\n".join(f"{d.get('name')}: {d.get('format')}, {human_size(int(d.get('virtualSize') or 0))} "
+                     f"({human_size(int(d.get('diskSize') or 0))} used)"
+                     + (f", backed by {d.get('backingFile')}" if d.get("backingFile") else "") for d in payload)
+
+
+def _render_names(kind: str):
+    def render(payload) -> str:
+        if not payload:
+            return f"No {kind}."
+        return "\n".join(f"{el.get('name')}: {el.get('path')}" for el in payload)
+    return render
+
+
+commands = CommandSet()
+
+
+def _cmd(action: str, **kw):
+    return commands.command(namespace=NS, action=action, permission=f"drives_{action}", kinds=("vm",), **kw)
+
+
+# ------------------------------------------------------------------ commands
+@_cmd("get", chat=("disks", "list disks", "drives"), chat_render=_render_disks,
+      help="the disk files in this VM's folder (name, path, format, sizes, backing file)")
+async def get(ctx):
+    svc = service(ctx.agent)
+    folder = svc.real_folder(ctx.entity.uuid)
+    files = await asyncio.to_thread(_disk_files, folder)
+    allowed = svc.allowed_bases(ctx.entity.uuid)
+
+    async def one(path: Path) -> ET.Element:
+        try:
+            chain = await svc.info(path)
+        except DiskToolError as exc:
+            return element("disk", {"name": path.name, "path": str(path), "error": exc.message})
+        problems = chain_problems(chain, allowed)
+        return _disk_element(chain[0], path, "backing chain leaves the allowed folders" if problems else None)
+
+    return list(await asyncio.gather(*(one(p) for p in files)))
+
+
+@_cmd("getiso", chat=("isos", "list isos"), chat_render=_render_names("ISO images"),
+      help="the ISO images of the library")
+async def getiso(ctx):
+    svc = service(ctx.agent)
+    files = await asyncio.to_thread(_library_files, svc.cfg.iso_library_path, ISO_SUFFIXES)
+    return [element("iso", {"name": p.name, "path": str(Path(svc.cfg.iso_library_path) / p.name)}) for p in files]
+
+
+@_cmd("getgolden", chat=("goldens", "golden images", "list goldens"), chat_render=_render_names("golden images"),
+      help="the golden images a disk can be created from (create golden=<name>)")
+async def getgolden(ctx):
+    svc = service(ctx.agent)
+    files = await asyncio.to_thread(_library_files, svc.cfg.golden_images_path, DISK_SUFFIXES)
+    return [element("golden", {"name": p.name, "path": str(Path(svc.cfg.golden_images_path) / p.name)}) for p in files]
+
+
+def _golden_file(svc: DiskService, name: str) -> Path:
+    """A golden image by file name, or by stem when that is unambiguous."""
+    base = svc.cfg.golden_images_path
+    validate_name(name, "golden")
+    path = confined_file(base, name, argument="golden", what="the golden images folder")
+    if path.is_file():
+        return path
+    matches = [p for p in _library_files(base, DISK_SUFFIXES) if p.stem == name]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise InvalidArgument("golden", f"'{name}' is ambiguous: {', '.join(p.name for p in matches)}")
+    raise NotFound(f"no golden image '{name}' (see getgolden)")
+
+
+@_cmd("create", chat=("create disk", "new disk"),
+      args=(Arg("name", help="disk name (the format's suffix is added when missing)"),
+            Arg("size", required=False, help="size, e.g. 10 (with unit) or 10G"),
+            Arg("unit", required=False, default="G", help="K, M, G or T (binary)"),
+            Arg("format", required=False, default="qcow2", choices=FORMATS, help="qcow2 or raw"),
+            Arg("preallocation", required=False, choices=PREALLOCATIONS, help="off, metadata, falloc or full"),
+            Arg("golden", required=False, help="create a qcow2 overlay of this golden image")),
+      chat_render=lambda p: f"Created {p[0].get('name')} ({p[0].get('format')}, {human_size(int(p[0].get('virtualSize')))}).",
+      help="create a disk in this VM's folder (qcow2 or raw, or a qcow2 overlay of a golden image)")
+async def create(ctx, name, size, unit, format, preallocation, golden):
+    svc = service(ctx.agent)
+    uuid = ctx.entity.uuid
+    fmt = format
+    file_name = disk_file_name(name, fmt)
+    backing: Path | None = None
+    backing_info: dict | None = None
+    if golden:
+        if fmt != "qcow2":
+            raise InvalidArgument("format", "an overlay of a golden image is always qcow2")
+        if preallocation not in (None, "off"):
+            raise InvalidArgument("preallocation", "an overlay of a golden image is not preallocated")
+        backing = await asyncio.to_thread(_golden_file, svc, golden)
+        chain = await svc.info(backing)
+        problems = chain_problems(chain, (realpath(svc.cfg.golden_images_path),))
+        if problems:
+            raise PathRefused("golden", f"golden image '{backing.name}' has a backing chain leaving the golden folder")
+        backing_info = chain[0]
+        preallocation = "off"
+    else:
+        if preallocation is None:
+            preallocation = "metadata" if fmt == "qcow2" else "off"
+        if fmt == "raw" and preallocation == "metadata":
+            raise InvalidArgument("preallocation", "a raw disk has no metadata: use off, falloc or full")
+    if size:
+        nbytes = parse_size(size, unit, maximum=svc.cfg.max_disk_bytes)
+    elif backing_info is not None:
+        nbytes = int(backing_info.get("virtual-size") or 0)
+    else:
+        raise InvalidArgument("size", "required (e.g. size=10 unit=G), unless golden is given")
+    if backing_info is not None and nbytes < int(backing_info.get("virtual-size") or 0):
+        raise InvalidArgument("size", f"smaller than the golden image ({human_size(int(backing_info['virtual-size']))})")
+    await require_writable(ctx.agent, "create a disk")
+    async with svc.lock(uuid):
+        folder = svc.folder(uuid)
+        await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+        real_folder = svc.real_folder(uuid)
+        path = confined_file(real_folder, file_name)
+        if os.path.lexists(real_folder / file_name) or path.exists():
+            raise Conflict(f"a disk named '{file_name}' already exists in this VM's folder")
+        await check_quota(ctx, nbytes)
+        argv = ["create", "-q", "-f", fmt]
+        if backing is not None:
+            golden_path = Path(svc.cfg.golden_images_path) / backing.name
+            argv += ["-b", str(golden_path), "-F", backing_info.get("format", "qcow2")]
+        else:
+            argv += ["-o", f"preallocation={preallocation}"]
+        argv += [str(path), str(nbytes)]
+        svc.busy[path] = "create"
+        try:
+            await svc.qemu_img(*argv, timeout=None if preallocation in ("full", "falloc") else QEMU_IMG_TIMEOUT)
+        except BaseException:
+            await asyncio.to_thread(_unlink_quiet, path)
+            raise
+        finally:
+            svc.busy.pop(path, None)
+        info = (await svc.info(path))[0]
+    result = _disk_element(info, path)
+    await _push(ctx, "created", name=path.name, path=str(path), format=fmt)
+    return result
+
+
+def _unlink_quiet(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+@_cmd("delete", chat=("delete disk", "remove disk"),
+      args=(Arg("name", help="disk file name (or its path in this VM's folder)"),
+            Arg("undefine", parse=bool_yes, required=False, default=False, help="yes: also remove it from the definition")),
+      help="delete a disk file of this VM (undefine=yes also removes it from the VM definition)")
+async def delete(ctx, name, undefine):
+    svc = service(ctx.agent)
+    uuid = ctx.entity.uuid
+    path = confined_file(svc.real_folder(uuid), name)
+    await require_writable(ctx.agent, "delete a disk")
+    async with svc.lock(uuid):
+        if not path.is_file():
+            raise NotFound(f"no disk '{path.name}' in this VM's folder")
+        svc.require_idle(path)
+        dom = await _domain(ctx)
+        await _refuse_if_running_uses(ctx, dom, path, "delete")
+        users = await _backed_by(svc, path.parent, path)
+        if users:
+            raise Conflict(f"cannot delete '{path.name}': it is the backing file of {', '.join(users)}")
+        if dom is not None:
+            defined = path in await _domain_disk_paths(ctx, dom, live=False)
+            if defined and not undefine:
+                raise Conflict(f"'{path.name}' is in the VM definition: pass undefine=yes to remove it from the "
+                               "definition too")
+            if defined:
+                def drop(root: ET.Element) -> bool:
+                    pairs = _disk_sources(root, path)
+                    for devices, disk in pairs:
+                        devices.remove(disk)
+                    return bool(pairs)
+                await _redefine_disks(ctx, dom, drop)
+        await asyncio.to_thread(path.unlink)
+    await _push(ctx, "deleted", name=path.name, path=str(path))
+
+
+@_cmd("rename", chat=("rename disk",),
+      args=(Arg("name", help="disk file name (or its path)"), Arg("newname", help="new file name")),
+      help="rename a disk file of this VM (the definition follows)")
+async def rename(ctx, name, newname):
+    svc = service(ctx.agent)
+    uuid = ctx.entity.uuid
+    folder = svc.real_folder(uuid)
+    path = confined_file(folder, name)
+    validate_name(newname, "newname")
+    if Path(newname).suffix.lower() not in DISK_SUFFIXES and path.suffix:
+        newname = validate_name(newname + path.suffix, "newname")
+    target = confined_file(folder, newname, argument="newname")
+    await require_writable(ctx.agent, "rename a disk")
+    async with svc.lock(uuid):
+        if not path.is_file():
+            raise NotFound(f"no disk '{path.name}' in this VM's folder")
+        if target == path:
+            raise InvalidArgument("newname", "is the current name")
+        if os.path.lexists(folder / newname):
+            raise Conflict(f"a file named '{newname}' already exists in this VM's folder")
+        svc.require_idle(path)
+        info = await svc.checked_info(uuid, path)
+        if info.get("snapshots"):
+            raise Conflict(f"'{path.name}' has internal snapshots, whose definitions name it: delete them first")
+        dom = await _domain(ctx)
+        await _refuse_if_running_uses(ctx, dom, path, "rename")
+        users = await _backed_by(svc, folder, path)
+        if users:
+            raise Conflict(f"cannot rename '{path.name}': it is the backing file of {', '.join(users)}")
+        await asyncio.to_thread(os.rename, path, target)
+
+        def follow(root: ET.Element) -> bool:
+            pairs = _disk_sources(root, path)
+            for _devices, disk in pairs:
+                disk.find("source").set("file", str(svc.folder(uuid) / target.name))
+            return bool(pairs)
+        try:
+            await _redefine_disks(ctx, dom, follow)
+        except ArchipelError:
+            await asyncio.to_thread(os.rename, target, path)
+            raise
+    await _push(ctx, "renamed", name=target.name, path=str(target), oldname=path.name)
+    return element("disk", {"name": target.name, "path": str(target)})
+
+
+@_cmd("resize", chat=("resize disk", "grow disk"),
+      args=(Arg("name", help="disk file name (or its path)"), Arg("size", help="new size, e.g. 20 or 20G"),
+            Arg("unit", required=False, help="K, M, G or T")),
+      help="grow a disk of this VM (shrinking is refused; a running VM is resized live)")
+async def resize(ctx, name, size, unit):
+    svc = service(ctx.agent)
+    uuid = ctx.entity.uuid
+    path = confined_file(svc.real_folder(uuid), name)
+    nbytes = parse_size(size, unit, maximum=svc.cfg.max_disk_bytes)
+    await require_writable(ctx.agent, "resize a disk")
+    async with svc.lock(uuid):
+        if not path.is_file():
+            raise NotFound(f"no disk '{path.name}' in this VM's folder")
+        svc.require_idle(path)
+        info = await svc.checked_info(uuid, path)
+        current = int(info.get("virtual-size") or 0)
+        if nbytes < current:
+            raise InvalidArgument("size", f"{human_size(nbytes)} is smaller than the current {human_size(current)}: "
+                                          "shrinking a disk is refused (it would destroy data)")
+        if nbytes == current:
+            raise InvalidArgument("size", f"the disk is already {human_size(current)}")
+        await check_quota(ctx, nbytes - current)
+        dom = await _domain(ctx)
+        live = False
+        if dom is not None and await ctx.agent.libvirt.call(dom.isActive):
+            disks = await _domain_disk_paths(ctx, dom, live=True)
+            disk = disks.get(path)
+            if disk is not None:
+                source = disk.find("source")
+                if realpath(source.get("file")) != path:
+                    raise Conflict(f"'{path.name}' is a backing file of the running VM: it cannot be resized")
+                target = disk.find("target")
+                device = target.get("dev") if target is not None else str(path)
+                await ctx.agent.libvirt.call(dom.blockResize, device, nbytes, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+                live = True
+        if not live:
+            await svc.qemu_img("resize", "-q", "-f", info.get("format", "raw"), str(path), str(nbytes))
+        info = (await svc.info(path, chain=False))[0]
+    await _push(ctx, "resized", name=path.name, path=str(path), virtualSize=info.get("virtual-size"))
+    return _disk_element(info, path)
+
+
+@_cmd("convert", chat=("convert disk",),
+      args=(Arg("name", required=False, help="disk file name (or its path)"),
+            Arg("path", required=False, help="Archipel's client: the disk path"),
+            Arg("format", choices=FORMATS, help="qcow2 or raw"),
+            Arg("keep", parse=bool_yes, required=False, default=False, help="yes: keep the original file")),
+      help="convert a disk to another format in the background (push 'converted' when done)")
+async def convert(ctx, name, path, format, keep):
+    svc = service(ctx.agent)
+    uuid = ctx.entity.uuid
+    ref = name or path
+    if not ref:
+        raise InvalidArgument("name", "required (the disk to convert)")
+    folder = svc.real_folder(uuid)
+    src = confined_file(folder, ref, argument="name" if name else "path")
+    target_name = validate_name(src.stem + SUFFIX[format], "name")
+    target = confined_file(folder, target_name)
+    await require_writable(ctx.agent, "convert a disk")
+    async with svc.lock(uuid):
+        if not src.is_file():
+            raise NotFound(f"no disk '{src.name}' in this VM's folder")
+        svc.require_idle(src, target)
+        info = await svc.checked_info(uuid, src)
+        if info.get("format") == format:
+            raise InvalidArgument("format", f"'{src.name}' is already {format}")
+        if os.path.lexists(folder / target_name):
+            raise Conflict(f"a file named '{target_name}' already exists in this VM's folder")
+        if info.get("snapshots"):
+            raise Conflict(f"'{src.name}' has internal snapshots that a conversion would lose: delete them first")
+        dom = await _domain(ctx)
+        await _refuse_if_running_uses(ctx, dom, src, "convert")
+        if not keep:
+            users = await _backed_by(svc, folder, src)
+            if users:
+                raise Conflict(f"cannot replace '{src.name}': it is the backing file of {', '.join(users)} (keep=yes)")
+        await check_quota(ctx, int(info.get("virtual-size") or 0))
+        svc.busy[src] = "convert"
+        svc.busy[target] = "convert"
+    ctx.agent.spawn(_convert_job(ctx, svc, src, target, format, keep, info.get("format", "raw")),
+                    name=f"disk-convert-{uuid}-{src.name}")
+    return element("disk", {"name": target.name, "path": str(target), "format": format, "status": "converting",
+                            "source": src.name})
+
+
+async def _convert_job(ctx, svc: DiskService, src: Path, target: Path, fmt: str, keep: bool, src_fmt: str) -> None:
+    uuid = ctx.entity.uuid
+    part = target.with_name(f".{target.name}.part")
+    try:
+        async with svc.jobs:
+            await svc.qemu_img("convert", "-p", "-f", src_fmt, "-O", fmt, str(src), str(part), timeout=None,
+                               progress=_progress_pusher(ctx, "convert", src.name))
+        async with svc.lock(uuid):
+            await asyncio.to_thread(os.rename, part, target)
+            dom = await _domain(ctx)
+
+            def follow(root: ET.Element) -> bool:
+                pairs = _disk_sources(root, src)
+                for _devices, disk in pairs:
+                    disk.find("source").set("file", str(svc.folder(uuid) / target.name))
+                    driver = disk.find("driver")
+                    if driver is None:
+                        driver = ET.SubElement(disk, "driver", {"name": "qemu"})
+                    driver.set("type", fmt)
+                return bool(pairs)
+            await _redefine_disks(ctx, dom, follow)
+            if not keep:
+                await asyncio.to_thread(_unlink_quiet, src)
+        await _push(ctx, "converted", name=target.name, path=str(target), format=fmt, source=src.name)
+    except asyncio.CancelledError:
+        await asyncio.to_thread(_unlink_quiet, part)
+        raise
+    except Exception as exc:  # noqa: BLE001 - reported by push and log
+        await asyncio.to_thread(_unlink_quiet, part)
+        message = exc.message if isinstance(exc, ArchipelError) else str(exc)
+        log.warning("%s: converting %s failed: %s", ctx.entity.jid, src.name, message)
+        await _push(ctx, "failed", name=src.name, action="convert", error=message)
+    finally:
+        svc.busy.pop(src, None)
+        svc.busy.pop(target, None)
+
+
+@_cmd("setgolden", chat=("set golden", "make golden"),
+      args=(Arg("name", required=False, help="disk of this VM (file name or path)"),
+            Arg("path", required=False, help="Archipel's client: the disk path"),
+            Arg("golden", required=False, help="golden image name (Archipel's client sends it as 'name' with 'path')")),
+      help="copy a disk of this (shut off) VM into the golden images folder, read-only (push 'goldened')")
+async def setgolden(ctx, name, path, golden):
+    svc = service(ctx.agent)
+    uuid = ctx.entity.uuid
+    if path and name and not golden:  # Archipel: setgolden(path, name)
+        ref, golden = path, name
+    else:
+        ref = name or path
+    if not ref:
+        raise InvalidArgument("name", "required (the disk to copy)")
+    if not golden:
+        raise InvalidArgument("golden", "required (the golden image name)")
+    src = confined_file(svc.real_folder(uuid), ref, argument="path" if ref == path else "name")
+    validate_name(golden, "golden")
+    if Path(golden).suffix.lower() not in DISK_SUFFIXES:
+        golden = validate_name(golden + (src.suffix if src.suffix.lower() in DISK_SUFFIXES else ".qcow2"), "golden")
+    gfolder = Path(svc.cfg.golden_images_path)
+    await require_writable(ctx.agent, "create a golden image")
+    await asyncio.to_thread(gfolder.mkdir, parents=True, exist_ok=True)
+    target = confined_file(gfolder, golden, argument="golden", what="the golden images folder")
+    async with svc.lock(uuid):
+        if not src.is_file():
+            raise NotFound(f"no disk '{src.name}' in this VM's folder")
+        if os.path.lexists(gfolder / golden) or target in svc.busy:
+            raise Conflict(f"a golden image named '{golden}' already exists")
+        svc.require_idle(src)
+        info = await svc.checked_info(uuid, src)
+        dom = await _domain(ctx)
+        if dom is not None and await ctx.agent.libvirt.call(dom.isActive) and src in await _domain_disk_paths(ctx, dom, live=True):
+            raise Conflict(f"cannot copy '{src.name}' while the running VM writes to it: shut the VM down first")
+        svc.busy[src] = "golden copy"
+        svc.busy[target] = "golden copy"
+    ctx.agent.spawn(_golden_job(ctx, svc, src, target, info.get("format", "raw")), name=f"disk-golden-{uuid}-{golden}")
+    return element("golden", {"name": target.name, "path": str(gfolder / target.name), "status": "copying",
+                              "source": src.name})
+
+
+async def _golden_job(ctx, svc: DiskService, src: Path, target: Path, src_fmt: str) -> None:
+    part = target.with_name(f".{target.name}.part")
+    out_fmt = "qcow2" if src_fmt == "qcow2" else "raw"
+    try:
+        async with svc.jobs:
+            # convert, not cp: an overlay is flattened, so a golden image never has a backing file
+            await svc.qemu_img("convert", "-p", "-f", src_fmt, "-O", out_fmt, str(src), str(part), timeout=None,
+                               progress=_progress_pusher(ctx, "setgolden", src.name))
+        await asyncio.to_thread(os.chmod, part, 0o444)
+        if os.path.lexists(target):
+            raise Conflict(f"a golden image named '{target.name}' appeared meanwhile")
+        await asyncio.to_thread(os.rename, part, target)
+        await _push(ctx, "goldened", name=target.name, path=str(Path(svc.cfg.golden_images_path) / target.name),
+                    source=src.name)
+    except asyncio.CancelledError:
+        await asyncio.to_thread(_unlink_quiet, part)
+        raise
+    except Exception as exc:  # noqa: BLE001 - reported by push and log
+        await asyncio.to_thread(_unlink_quiet, part)
+        message = exc.message if isinstance(exc, ArchipelError) else str(exc)
+        log.warning("%s: golden copy of %s failed: %s", ctx.entity.jid, src.name, message)
+        await _push(ctx, "failed", name=src.name, action="setgolden", error=message)
+    finally:
+        svc.busy.pop(src, None)
+        svc.busy.pop(target, None)
