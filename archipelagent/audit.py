@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import aiosqlite
 
+from .sqlite import open_private_db
+
 from .errors import ArchipelError, PermissionDenied
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -188,14 +190,6 @@ def audit_arguments(raw: Mapping[str, Any] | None, command: "Command | None" = N
 
 
 # ---------------------------------------------------------------------- store
-def _prepare_file(path: Path) -> None:
-    """Parent folder, and an owner-only file (the log says who did what)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-    os.close(fd)
-    os.chmod(path, 0o600)
-
-
 class AuditLog:
     """Batched, pruned audit rows in one SQLite file."""
 
@@ -221,18 +215,7 @@ class AuditLog:
     @classmethod
     async def open(cls, path: str | os.PathLike, **options) -> "AuditLog":
         path = Path(path)
-        await asyncio.to_thread(_prepare_file, path)
-        db = await aiosqlite.connect(path)
-        try:
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA synchronous=NORMAL")
-            for statement in _SCHEMA:
-                await db.execute(statement)
-            await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            await db.commit()
-        except BaseException:
-            await db.close()
-            raise
+        db = await open_private_db(path, _SCHEMA, version=SCHEMA_VERSION)  # the log says who did what: 0600
         audit = cls(db, path, **options)
         await audit.prune()
         audit._task = asyncio.get_running_loop().create_task(audit._run(), name="audit-writer")

@@ -7,16 +7,16 @@ them are entities of this agent, under which account.
 """
 from __future__ import annotations
 
-import asyncio
 import datetime
 import json
-import os
 import secrets
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiosqlite
+
+from .sqlite import open_private_db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS vms (
@@ -49,26 +49,13 @@ class VMRecord:
     orginfo: dict = field(default_factory=dict)
 
 
-def _prepare_file(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
-        os.close(fd)
-    os.chmod(path, 0o600)
-
-
 class VMStore:
     def __init__(self, db: aiosqlite.Connection):
         self._db = db
 
     @classmethod
     async def open(cls, path: Path) -> "VMStore":
-        await asyncio.to_thread(_prepare_file, Path(path))
-        db = await aiosqlite.connect(path)
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=NORMAL")
-        await db.executescript(SCHEMA)
-        await db.commit()
+        db = await open_private_db(path, [SCHEMA])
         db.row_factory = aiosqlite.Row
         return cls(db)
 

@@ -22,12 +22,13 @@ revocation takes effect on the next request.
 """
 from __future__ import annotations
 
-import asyncio
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiosqlite
+
+from ..sqlite import open_private_db
 
 SCHEMA_VERSION = 3
 
@@ -115,14 +116,6 @@ def bare(jid: str) -> str:
     return value
 
 
-def _prepare_file(path: Path) -> None:
-    """Create the parent folder and an owner-only database file (grants are sensitive)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-    os.close(fd)
-    os.chmod(path, 0o600)
-
-
 class PermissionStore:
     """Explicit grants: (entity, target_type, target, permission) -> bool."""
 
@@ -133,19 +126,7 @@ class PermissionStore:
     @classmethod
     async def open(cls, path: str | os.PathLike) -> "PermissionStore":
         path = Path(path)
-        await asyncio.to_thread(_prepare_file, path)
-        db = await aiosqlite.connect(path)
-        try:
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA synchronous=NORMAL")
-            await db.execute("PRAGMA foreign_keys=ON")
-            for statement in _SCHEMA:
-                await db.execute(statement)
-            await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            await db.commit()
-        except BaseException:
-            await db.close()
-            raise
+        db = await open_private_db(path, _SCHEMA, version=SCHEMA_VERSION, pragmas=("foreign_keys=ON",))
         return cls(db, path)
 
     async def close(self) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import types
 from configparser import ConfigParser
-from pathlib import Path
 
 import pytest
 
