@@ -335,3 +335,41 @@ async def test_permissions_are_per_action(agent, admin, new_user, stack):
     await grant(admin, full, reader.jid, "message")
     text = await reader.chat(jid, "disks")
     assert "No disks" in text
+
+
+async def test_iso_from_the_library_can_be_attached_and_booted(agent, admin, stack):
+    """getiso lists the ISO library; a cdrom from it passes the definition policy, one elsewhere does not."""
+    library = stack.storage_dir.parent / "iso"
+    library.mkdir(exist_ok=True)
+    iso = library / f"{unique_name('install')}.iso"
+    iso.write_bytes(b"\0" * 2048 * 16)
+    jid = await alloc(admin, agent.full_jid, unique_name("iso"))
+    full = vm_full(jid, agent.jid)
+    await admin.wait_presence(from_vm(jid, "Off"), timeout=30)
+    listed = await admin.acp(full, DISK, "getiso")
+    assert any(el.get("path") == str(iso) for el in listed)
+
+    def with_cdrom(desc, path):
+        for el in desc.iter():
+            el.tag = el.tag.split("}", 1)[-1]
+        disk = ET.SubElement(desc.find("devices"), "disk", {"type": "file", "device": "cdrom"})
+        ET.SubElement(disk, "driver", {"name": "qemu", "type": "raw"})
+        ET.SubElement(disk, "source", {"file": path})
+        ET.SubElement(disk, "target", {"dev": "sda", "bus": "sata"})
+        ET.SubElement(disk, "readonly")
+        return desc
+
+    desc = (await admin.acp(full, CONTROL, "xmldesc"))[0]
+    await admin.acp(full, DEFINITION, "define", children=[with_cdrom(desc, str(iso))])
+    await admin.acp(full, CONTROL, "create")
+    await wait_libvirt_state(stack, jid.split("@")[0], libvirt.VIR_DOMAIN_RUNNING)
+    await admin.acp(full, CONTROL, "destroy")
+    desc = (await admin.acp(full, CONTROL, "xmldesc"))[0]
+    for el in desc.iter():
+        el.tag = el.tag.split("}", 1)[-1]
+    for disk in desc.findall("devices/disk"):
+        desc.find("devices").remove(disk)
+    with pytest.raises(AcpError) as err:
+        await admin.acp(full, DEFINITION, "define", children=[with_cdrom(desc, "/etc/passwd")])
+    assert err.value.code == -50 and "/etc/passwd" in err.value.text
+    await admin.acp(agent.full_jid, "archipel:hypervisor:control", "free", {"jid": jid})
