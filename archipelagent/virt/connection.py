@@ -299,6 +299,7 @@ class LibvirtConnection:
         self._connected = False
         self._stopping = True
         self._generation = 0
+        self._capabilities: tuple[int, str] | None = None
         self._reconnect_task: asyncio.Task | None = None
         self._connected_event: asyncio.Event | None = None
         self._state_listeners: list[StateListener] = []
@@ -559,8 +560,17 @@ class LibvirtConnection:
 
     # -- helpers -----------------------------------------------------------
     async def capabilities(self) -> str:
-        """Host capabilities XML."""
-        return await self.call("getCapabilities")
+        """Host capabilities XML, read once per connection.
+
+        They describe the host and the hypervisor binaries, which only change
+        with a libvirtd restart — and a restart is a new connection generation.
+        """
+        cached = self._capabilities
+        if cached is not None and cached[0] == self._generation and self._connected:
+            return cached[1]
+        xml = await self.call("getCapabilities")
+        self._capabilities = (self._generation, xml)
+        return xml
 
     async def node_info(self) -> dict[str, Any]:
         """Node facts; memory in KiB (``memory_kib``), see nodeinfo.py."""
