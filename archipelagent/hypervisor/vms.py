@@ -20,10 +20,12 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 import libvirt
 
 from ..commands.payload import local_name
-from ..errors import Conflict, InvalidArgument, NotFound
+from ..errors import Conflict, InvalidArgument, LibvirtFailure, NotFound
 from ..quotas import parse_xml, quota_center
 from ..state import VMRecord, VMStore, new_password, now_iso
 from ..storage.health import require_writable
+from ..virt import domainxml
+from ..virt.policy import PolicyContext, check_domain
 from ..vm.commands import UNDEFINE_FLAGS
 from ..vm.entity import ORGINFO_FIELDS, VMEntity
 
@@ -109,9 +111,12 @@ class VMManager:
     def jid_for(self, uuid: str) -> str:
         return f"{uuid}@{self.agent.config.domain}"
 
-    def policy_context(self, uuid: str, name: str):
-        from ..virt.policy import PolicyContext
+    async def checked_definition(self, xml: str, uuid: str, name: str):
+        """The definition policy, in a worker thread: it resolves paths on the shared
+        storage, and a hung NFS mount must not stall the event loop."""
+        return await asyncio.to_thread(lambda: check_domain(xml, self.policy_context(uuid, name)))
 
+    def policy_context(self, uuid: str, name: str) -> PolicyContext:
         vm = self.agent.config.vm
         return PolicyContext(
             uuid=uuid, name=name, vm_folder=self.folder(uuid).resolve(), allow_host_devices=vm.enable_block_device_access,
@@ -133,10 +138,17 @@ class VMManager:
                 return entity
         return self.get(name_or_uuid)
 
-    async def _names_in_use(self) -> set[str]:
-        names = {e.name for e in self.entities.values()}
-        names.update(d.name for d in await self.agent.libvirt.list_domains())
-        return names
+    async def _name_taken(self, name: str) -> bool:
+        """Names are unique across managed entities and every libvirt domain (one RPC, not a listing)."""
+        if any(e.name == name for e in self.entities.values()):
+            return True
+        try:
+            await self.agent.libvirt.call("lookupByName", name)
+        except LibvirtFailure as exc:
+            if exc.code == libvirt.VIR_ERR_NO_DOMAIN:
+                return False
+            raise
+        return True
 
     def _start_entity(self, entity: VMEntity) -> None:
         async def gated_start():
@@ -201,9 +213,6 @@ class VMManager:
 
     # --------------------------------------------------------------- alloc
     async def alloc(self, requester: str, *, name: str | None, orginfo: dict[str, str], definition: ET.Element | None) -> VMEntity:
-        from ..virt import domainxml
-        from ..virt.policy import check_domain
-
         require_writable(self.agent, "alloc")
         async with self._lock:
             uuid = str(uuidlib.uuid4())
@@ -211,12 +220,11 @@ class VMManager:
                 validate_name(name)
             else:
                 name = f"vm-{uuid[:8]}"
-            if name in await self._names_in_use():
+            if await self._name_taken(name):
                 raise Conflict(f"a virtual machine named '{name}' already exists")
             folder = self.folder(uuid)
             if definition is not None:
-                xml = plain_xml(definition)
-                xml = _serialise(check_domain(xml, self.policy_context(uuid, name)))
+                xml = _serialise(await self.checked_definition(plain_xml(definition), uuid, name))
             else:
                 xml = domainxml.default_domain(uuid, name, domain_type=await self._domain_type())
             await quota_center(self.agent).check_new(requester, parse_xml(xml), sender=requester)  # quotas.py
@@ -276,9 +284,6 @@ class VMManager:
     # --------------------------------------------------------------- clone
     async def clone(self, requester: str, source: str, name: str | None) -> VMEntity:
         """Copy an off VM: new UUID and MACs, disks in the VM folder copied with progress pushes."""
-        from ..virt import domainxml
-        from ..virt.policy import check_domain
-
         src = self.get(source)
         require_writable(self.agent, "clone")
         dom = await self.agent.libvirt.lookup(src.uuid)
@@ -289,7 +294,7 @@ class VMManager:
         async with self._lock:
             uuid = str(uuidlib.uuid4())
             name = validate_name(name) if name else f"{src.name}-clone"
-            if name in await self._names_in_use():
+            if await self._name_taken(name):
                 raise Conflict(f"a virtual machine named '{name}' already exists")
             await quota_center(self.agent).check_clone(requester, src, sender=requester)  # quotas.py
             src_folder, new_folder = self.folder(src.uuid), self.folder(uuid)
@@ -302,7 +307,7 @@ class VMManager:
             finally:
                 src.set_busy(None)
             new_xml = domainxml.clone_domain(xml, uuid=uuid, name=name, path_map=path_map)
-            await self.agent.libvirt.call("defineXML", _serialise(check_domain(new_xml, self.policy_context(uuid, name))))
+            await self.agent.libvirt.call("defineXML", _serialise(await self.checked_definition(new_xml, uuid, name)))
             record = VMRecord(uuid=uuid, jid=self.jid_for(uuid), password=new_password(self.agent.config.vm.password_size),
                               name=name, created=now_iso(), owner=requester, orginfo=dict(src.record.orginfo))
             await self.store.add(record)
@@ -328,11 +333,8 @@ class VMManager:
 
     # -------------------------------------------------------------- define
     async def define(self, entity: VMEntity, definition: ET.Element, sender: str | None = None) -> None:
-        from ..virt.policy import check_domain
-
         require_writable(self.agent, "define")
-        xml = plain_xml(definition)
-        root = check_domain(xml, self.policy_context(entity.uuid, entity.name))
+        root = await self.checked_definition(plain_xml(definition), entity.uuid, entity.name)
         await quota_center(self.agent).check_define(entity, root, sender=sender)  # quotas.py
         await self.agent.libvirt.call("defineXML", _serialise(root))
 
@@ -385,7 +387,7 @@ class VMManager:
         new_name = fields.pop("FN", None)
         if new_name and new_name != entity.name:
             validate_name(new_name)
-            if new_name in await self._names_in_use():
+            if await self._name_taken(new_name):
                 raise Conflict(f"a virtual machine named '{new_name}' already exists")
             dom = await self.agent.libvirt.lookup(entity.uuid)
             if await self.agent.libvirt.call(dom.isActive):
