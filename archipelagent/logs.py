@@ -18,6 +18,15 @@ def redact(text: str) -> str:
     return text
 
 
+class SlixmppNoiseFilter(logging.Filter):
+    """slixmpp logs a refused SASL login as an ERROR; the entity logs what it means
+    (missing account → created, or a wrong password), so the raw line only confuses."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("slixmpp.features.feature_mechanisms")
+                    and record.getMessage() == "No appropriate login method.")
+
+
 class RedactingFilter(logging.Filter):
     """Rewrites records so that no password reaches a handler (slixmpp logs raw stanzas at debug)."""
 
@@ -41,6 +50,7 @@ def setup_logging(level: str, file_path: Path | None, max_bytes: int, backup_cou
     for handler in handlers:
         handler.setFormatter(formatter)
         handler.addFilter(RedactingFilter())
+        handler.addFilter(SlixmppNoiseFilter())
         root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper()))
     if level.lower() != "debug":

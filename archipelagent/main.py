@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import resource
 import signal
 import sys
 
@@ -48,6 +49,16 @@ async def run(config) -> int:
     return 0
 
 
+def raise_fd_limit() -> int:
+    """One socket per entity: 1,000 VM entities need more than the usual soft limit of 1024.
+    Raise the soft limit to the hard one (the systemd unit sets LimitNOFILE)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return hard
+    return soft
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -59,4 +70,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.config}: configuration is valid")
         return 0
     setup_logging(config.logging.level, config.logging.file_path, config.logging.max_bytes, config.logging.backup_count)
+    log.info("file descriptor limit %d", raise_fd_limit())
     return asyncio.run(run(config))

@@ -121,3 +121,14 @@ def test_real_registry_declares_issue_two_commands():
     for action in ("list", "get", "getown", "set", "setown"):
         assert ("archipel:permissions", action) in hv
     assert registry.lookup("hypervisor", "archipel:hypervisor:control", "migrationinfo").permission == "migrationinfo"
+
+
+def test_log_filters_redact_passwords_and_drop_slixmpp_sasl_noise():
+    import logging
+    from archipelagent.logs import RedactingFilter, SlixmppNoiseFilter, redact
+    assert "s3cret" not in redact("<password>s3cret</password> password=s3cret")
+    noise = logging.LogRecord("slixmpp.features.feature_mechanisms.mechanisms", logging.ERROR, "", 0,
+                              "No appropriate login method.", (), None)
+    assert not SlixmppNoiseFilter().filter(noise)
+    kept = logging.LogRecord("archipelagent", logging.INFO, "", 0, "login password=%s", ("hunter2",), None)
+    assert RedactingFilter().filter(kept) and "hunter2" not in kept.getMessage()
