@@ -18,6 +18,7 @@ Archipel's bug fixed: ``getgolden``/``setgolden`` have their own permissions
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import logging
@@ -877,10 +878,30 @@ async def convert(ctx, name, path, format, keep):
                             "source": src.name})
 
 
+@contextlib.asynccontextmanager
+async def _background_job(ctx, svc: "DiskService", *, action: str, src: Path, target: Path, part: Path):
+    """What every background disk job does around its work: on failure or
+    cancellation remove the partial file, log and push ``failed``; always release
+    the busy marks of its source and target."""
+    try:
+        yield
+    except asyncio.CancelledError:
+        await asyncio.to_thread(_unlink_quiet, part)
+        raise
+    except Exception as exc:  # noqa: BLE001 - reported by push and log
+        await asyncio.to_thread(_unlink_quiet, part)
+        message = exc.message if isinstance(exc, ArchipelError) else str(exc)
+        log.warning("%s: %s of %s failed: %s", ctx.entity.jid, action, src.name, message)
+        await _push(ctx, "failed", name=src.name, action=action, error=message)
+    finally:
+        svc.busy.pop(src, None)
+        svc.busy.pop(target, None)
+
+
 async def _convert_job(ctx, svc: DiskService, src: Path, target: Path, fmt: str, keep: bool, src_fmt: str) -> None:
     uuid = ctx.entity.uuid
     part = target.with_name(f".{target.name}.part")
-    try:
+    async with _background_job(ctx, svc, action="convert", src=src, target=target, part=part):
         async with svc.jobs:
             await svc.qemu_img("convert", "-p", "-f", src_fmt, "-O", fmt, str(src), str(part), timeout=None,
                                progress=_progress_pusher(ctx, "convert", src.name))
@@ -901,17 +922,6 @@ async def _convert_job(ctx, svc: DiskService, src: Path, target: Path, fmt: str,
             if not keep:
                 await asyncio.to_thread(_unlink_quiet, src)
         await _push(ctx, "converted", name=target.name, path=str(target), format=fmt, source=src.name)
-    except asyncio.CancelledError:
-        await asyncio.to_thread(_unlink_quiet, part)
-        raise
-    except Exception as exc:  # noqa: BLE001 - reported by push and log
-        await asyncio.to_thread(_unlink_quiet, part)
-        message = exc.message if isinstance(exc, ArchipelError) else str(exc)
-        log.warning("%s: converting %s failed: %s", ctx.entity.jid, src.name, message)
-        await _push(ctx, "failed", name=src.name, action="convert", error=message)
-    finally:
-        svc.busy.pop(src, None)
-        svc.busy.pop(target, None)
 
 
 @_cmd("setgolden", chat=("set golden", "make golden"),
@@ -958,25 +968,14 @@ async def setgolden(ctx, name, path, golden):
 async def _golden_job(ctx, svc: DiskService, src: Path, target: Path, src_fmt: str) -> None:
     part = target.with_name(f".{target.name}.part")
     out_fmt = "qcow2" if src_fmt == "qcow2" else "raw"
-    try:
+    async with _background_job(ctx, svc, action="setgolden", src=src, target=target, part=part):
         async with svc.jobs:
             # convert, not cp: an overlay is flattened, so a golden image never has a backing file
             await svc.qemu_img("convert", "-p", "-f", src_fmt, "-O", out_fmt, str(src), str(part), timeout=None,
                                progress=_progress_pusher(ctx, "setgolden", src.name))
         await asyncio.to_thread(os.chmod, part, 0o444)
-        if os.path.lexists(target):
+        if await asyncio.to_thread(os.path.lexists, target):
             raise Conflict(f"a golden image named '{target.name}' appeared meanwhile")
         await asyncio.to_thread(os.rename, part, target)
         await _push(ctx, "goldened", name=target.name, path=str(Path(svc.cfg.golden_images_path) / target.name),
                     source=src.name)
-    except asyncio.CancelledError:
-        await asyncio.to_thread(_unlink_quiet, part)
-        raise
-    except Exception as exc:  # noqa: BLE001 - reported by push and log
-        await asyncio.to_thread(_unlink_quiet, part)
-        message = exc.message if isinstance(exc, ArchipelError) else str(exc)
-        log.warning("%s: golden copy of %s failed: %s", ctx.entity.jid, src.name, message)
-        await _push(ctx, "failed", name=src.name, action="setgolden", error=message)
-    finally:
-        svc.busy.pop(src, None)
-        svc.busy.pop(target, None)
