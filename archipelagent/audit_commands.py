@@ -4,6 +4,7 @@ from __future__ import annotations
 from .audit import QUERY_MAX_LIMIT, parse_since
 from .commands import Arg, CommandSet, element
 from .errors import Unavailable
+from .jids import bare_jid_arg
 
 NS = "archipel:audit"
 CHAT_LIMIT = 3000
@@ -30,18 +31,14 @@ def _outcome(value: str) -> str:
     raise ValueError(f"expected {OUTCOMES}, got {value!r}")
 
 
-def _jid(value: str) -> str:
-    return value.strip().split("/", 1)[0].lower()
-
-
 # Order matters for chat, where arguments are positional: `audit 20 alice@example.org`.
 QUERY_ARGS = (
     Arg("limit", parse=_limit, required=False, default=100, help=f"how many entries, newest first (1-{QUERY_MAX_LIMIT})"),
-    Arg("sender", parse=_jid, required=False, help="only requests by this bare JID"),
+    Arg("sender", parse=bare_jid_arg, required=False, help="only requests by this bare JID"),
     # ``action`` is taken by the ACP envelope itself: the filter is ``audit_action``.
     Arg("audit_action", required=False, help="only this action (e.g. set)"),
     Arg("outcome", parse=_outcome, required=False, help=OUTCOMES),
-    Arg("entity", parse=_jid, required=False, help="only requests to this entity (bare JID)"),
+    Arg("entity", parse=bare_jid_arg, required=False, help="only requests to this entity (bare JID)"),
     Arg("since", parse=_since, required=False, help="ISO date/time (UTC) or an age: 30m, 2h, 7d"),
 )
 

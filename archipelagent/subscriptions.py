@@ -18,7 +18,7 @@ from slixmpp.exceptions import IqError, IqTimeout
 
 from .commands import Arg, CommandSet, element
 from .errors import Unavailable
-from .permissions.store import bare
+from .jids import bare_jid_arg
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +28,7 @@ PUSH = "subscription"
 commands = CommandSet()
 
 
-def _jid(value: str) -> str:
-    jid = bare(value)
-    node, _, domain = jid.partition("@")
-    if not node or not domain or " " in jid or "@" in domain:
-        raise ValueError(f"not a bare JID: {value!r}")
-    return jid
-
-
-JID_ARG = (Arg("jid", parse=_jid, help="the contact's bare JID"),)
+JID_ARG = (Arg("jid", parse=bare_jid_arg, help="the contact's bare JID"),)
 
 
 async def _roster(entity, jid: str, **kwargs) -> None:

@@ -12,18 +12,13 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from ..audit import record_request
 from ..errors import MissingArgument
+from ..jids import bare_jid  # noqa: F401 - re-exported for the transports
 from .registry import Command
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..xmpp.entity import Entity
 
 log = logging.getLogger(__name__)
-
-
-def bare_jid(jid: Any) -> str:
-    """Lowercased bare JID of a JID or JID string."""
-    text = str(jid)
-    return text.split("/", 1)[0].lower()
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ from ..commands import Arg, CommandSet, element
 from ..commands.payload import local_name
 from ..errors import InvalidArgument, MissingArgument, PermissionDenied
 from .roles_node import publish_roles
-from .store import GROUP, ROLE_GROUP, ROLE_USER, USER, bare
+from .store import GROUP, ROLE_GROUP, ROLE_USER, USER
+from ..jids import bare_jid_arg
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +50,6 @@ def _target_type(value: str) -> str:
     return value
 
 
-def _jid(value: str) -> str:
-    jid = bare(value)
-    node, _, domain = jid.partition("@")
-    if not node or not domain or " " in jid:
-        raise ValueError(f"not a bare JID: {value!r}")
-    return jid
-
-
 def _group(value: str) -> str:
     name = value.strip().lower()
     if not name or len(name) > MAX_GROUP_LENGTH or _CONTROL.search(name):
@@ -73,11 +66,11 @@ def _nonempty(value: str) -> str:
 def resolve_target(wire_type: str, target: str) -> tuple[str, str]:
     """(store target type, normalised target) of a wire ``permission_type`` and target."""
     if wire_type == "user":
-        return USER, _jid(target)
+        return USER, bare_jid_arg(target)
     if wire_type == "group":
         return GROUP, _group(target)
     if "@" in target:
-        return ROLE_USER, _jid(target)
+        return ROLE_USER, bare_jid_arg(target)
     return ROLE_GROUP, _group(target)
 
 
@@ -93,7 +86,7 @@ TYPE_ARG = Arg("permission_type", parse=_target_type, required=False, default="u
 TARGET_ARGS = (Arg("permission_target", parse=_nonempty,
                    help="bare JID (user), group cn (group), JID or group cn (role)"), TYPE_ARG)
 OWN_TARGET_ARGS = (
-    Arg("permission_target", parse=_jid, required=False, help="your own bare JID (default: you)"),
+    Arg("permission_target", parse=bare_jid_arg, required=False, help="your own bare JID (default: you)"),
     TYPE_ARG,
 )
 LIST_ARGS = (Arg("permission_type", parse=_target_type, required=False, default=None,

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import aiosqlite
 
+from ..jids import bare_jid
 from ..sqlite import open_private_db
 
 SCHEMA_VERSION = 3
@@ -110,7 +111,7 @@ def normalise_target(target: str, target_type: str) -> str:
 
 def bare(jid: str) -> str:
     """The lowercased bare form of ``jid`` (resource stripped): the only form we compare."""
-    value = jid.strip().split("/", 1)[0].lower()
+    value = bare_jid(jid)
     if not value:
         raise ValueError(f"empty JID: {jid!r}")
     return value

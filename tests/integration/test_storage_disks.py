@@ -4,7 +4,6 @@ qemu-img's own view of the files is checked, not only the agent's replies.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import stat
@@ -37,25 +36,8 @@ async def subscribe_events(client, stack, jid):
 
 async def next_push(client, jid: str, change: str, timeout: float = 30, namespace: str | None = None):
     """The next push ``change`` on the VM's events node (earlier ones are consumed)."""
-    node = f"/archipel/{jid}/events"
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        remaining = deadline - asyncio.get_running_loop().time()
-        if remaining <= 0:
-            raise AssertionError(f"no push {change!r} on {node}")
-        msg = await asyncio.wait_for(client.pubsub_events.get(), remaining)
-        items = msg["pubsub_event"]["items"]
-        if items["node"] != node:
-            continue
-        payload = items["item"]["payload"]
-        if payload is None:
-            continue
-        if namespace and not payload.tag.startswith(f"{{archipel:push:{namespace}}}"):
-            continue
-        if payload.get("change") == "failed" and change != "failed":
-            raise AssertionError(f"job failed: {ET.tostring(payload, encoding='unicode')}")
-        if payload.get("change") == change:
-            return payload
+    return await client.next_push(f"/archipel/{jid}/events", change, timeout=timeout, fail_on="failed",
+                                  namespace=f"archipel:push:{namespace}" if namespace else None)
 
 
 async def new_vm(agent, admin, new_user, stack, prefix="owner"):

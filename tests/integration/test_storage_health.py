@@ -78,19 +78,7 @@ def from_hypervisor(jid: str, prefix: str):
 
 
 async def next_storage_push(client, node: str, change: str, timeout: float = 20) -> ET.Element:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        remaining = deadline - asyncio.get_running_loop().time()
-        assert remaining > 0, f"no {change} push"
-        try:
-            msg = await asyncio.wait_for(client.pubsub_events.get(), remaining)
-        except asyncio.TimeoutError:
-            raise AssertionError(f"no {change} push on {node}") from None
-        items = msg["pubsub_event"]["items"]
-        payload = items["item"]["payload"]
-        if (items["node"] == node and payload is not None and payload.tag == f"{{{PUSH_NS}}}push"
-                and payload.get("change") == change):
-            return payload
+    return await client.next_push(node, change, namespace=PUSH_NS, timeout=timeout)
 
 
 def io_error_domain(stack, folder, name: str, uuid: str) -> str:

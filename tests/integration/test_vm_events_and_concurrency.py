@@ -11,21 +11,7 @@ from vm_helpers import CONTROL, HV_NS, alloc, from_vm, unique_name, vm_full, wai
 
 async def collect_pushes(client, node: str, namespace: str, changes: set[str], timeout: float = 20) -> dict:
     """The first push of each wanted change on node (others are skipped)."""
-    found: dict = {}
-    deadline = asyncio.get_running_loop().time() + timeout
-    while set(found) != changes:
-        remaining = deadline - asyncio.get_running_loop().time()
-        assert remaining > 0, f"pushes seen: {sorted(found)}, wanted {sorted(changes)}"
-        try:
-            msg = await asyncio.wait_for(client.pubsub_events.get(), remaining)
-        except asyncio.TimeoutError:
-            raise AssertionError(f"pushes seen: {sorted(found)}, wanted {sorted(changes)}") from None
-        items = msg["pubsub_event"]["items"]
-        payload = items["item"]["payload"]
-        if (items["node"] == node and payload is not None and payload.tag == f"{{{namespace}}}push"
-                and payload.get("change") in changes):
-            found.setdefault(payload.get("change"), payload)
-    return found
+    return await client.pushes(node, changes, namespace=namespace, timeout=timeout)
 
 
 async def test_hypervisor_pushes_alloc_clone_and_free(agent, new_user, admin, stack):

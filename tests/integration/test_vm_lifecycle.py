@@ -28,16 +28,7 @@ async def subscribe_events(client, stack, jid):
 
 
 async def next_push(client, node: str, change: str, timeout: float = 10):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        remaining = deadline - asyncio.get_running_loop().time()
-        msg = await asyncio.wait_for(client.pubsub_events.get(), max(0.1, remaining))
-        items = msg["pubsub_event"]["items"]
-        if items["node"] != node:
-            continue
-        payload = items["item"]["payload"]
-        if payload is not None and payload.get("change") == change:
-            return payload
+    return await client.next_push(node, change, timeout=timeout)
 
 
 async def wait_gone(path, timeout: float = 15) -> None:

@@ -168,6 +168,38 @@ class Client:
             if msg["from"].bare == slixmpp.JID(to).bare:
                 return msg["body"]
 
+    async def pushes(self, node: str, changes, *, namespace: str | None = None, timeout: float = 20,
+                     fail_on: str | None = None) -> dict:
+        """The first push of each wanted ``change`` on ``node`` (others are consumed).
+
+        ``namespace``: the push's full namespace (``archipel:push:...``);
+        ``fail_on``: a change word that means the awaited job failed.
+        """
+        wanted = set(changes)
+        found: dict = {}
+        deadline = asyncio.get_running_loop().time() + timeout
+        while set(found) != wanted:
+            remaining = deadline - asyncio.get_running_loop().time()
+            try:
+                msg = await asyncio.wait_for(self.pubsub_events.get(), max(0.01, remaining))
+            except asyncio.TimeoutError:
+                raise AssertionError(f"pushes seen on {node}: {sorted(found)}, wanted {sorted(wanted)}") from None
+            items = msg["pubsub_event"]["items"]
+            payload = items["item"]["payload"]
+            if items["node"] != node or payload is None:
+                continue
+            if namespace and payload.tag != f"{{{namespace}}}push":
+                continue
+            change = payload.get("change")
+            if fail_on and change == fail_on and fail_on not in wanted:
+                raise AssertionError(f"job failed: {ET.tostring(payload, encoding='unicode')}")
+            if change in wanted:
+                found.setdefault(change, payload)
+        return found
+
+    async def next_push(self, node: str, change: str, **options) -> ET.Element:
+        return (await self.pushes(node, {change}, **options))[change]
+
     async def ping(self, to: str, timeout: float = 10) -> float:
         await self._ensure_ready()
         return await self.xmpp.plugin["xep_0199"].ping(jid=to, timeout=timeout)
