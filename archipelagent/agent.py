@@ -14,6 +14,7 @@ from .audit import AuditLog
 from .audit_commands import commands as audit_commands
 from .commands import Registry
 from .config import AgentConfig
+from .fsio import StorageIO
 from .modules import FeatureModule, load_modules
 from .hypervisor.commands import commands as hypervisor_commands
 from .hypervisor.entity import HypervisorEntity
@@ -69,6 +70,7 @@ class Agent:
             reconnect_min_delay=config.xmpp.reconnect_min_delay,
             reconnect_max_delay=min(config.xmpp.reconnect_max_delay, 30.0),
         )
+        self.fs = StorageIO()  # every file system call on the shared storage (fsio.py): threads + timeout
         self.hypervisor: HypervisorEntity | None = None
         self.vms = VMManager(self)
         self.storage_settings = StorageSettings.from_config(config)  # ConfigError on a bad [STORAGE] key
@@ -124,6 +126,7 @@ class Agent:
         for module in reversed(self.modules):
             await module.teardown(self)
         await self.libvirt.stop()
+        self.fs.close()
         if self.audit:  # after the entities: their last answers are recorded too
             await self.audit.close()
         if self.permissions:
