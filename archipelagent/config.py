@@ -96,8 +96,10 @@ class VMConfig:
     password_size: int
     # Domain definition policy knobs (optional keys; see conf/archipel.conf).
     enable_block_device_access: bool = False
-    allowed_networks: frozenset[str] | None = None  # None: any network
+    allowed_networks: frozenset[str] | None = frozenset()  # None: any network ('*'); default none
     allowed_bridges: frozenset[str] = frozenset()
+    max_memory_kib: int | None = None   # vm_max_memory (MiB in the file); None: the host's memory
+    max_vcpus: int | None = None        # vm_max_vcpus; None: the host's CPUs
 
 
 @dataclass(frozen=True)
@@ -360,6 +362,8 @@ def load_config(path: str | os.PathLike) -> AgentConfig:
 
 
 NAME_LIST_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
+MAX_VM_MEMORY_MIB = 1 << 32     # 4 PiB: beyond any host; a typo, not a choice
+MAX_VM_VCPUS = 4096
 
 
 def _vm_policy_keys(read: _Reader) -> dict:
@@ -370,13 +374,20 @@ def _vm_policy_keys(read: _Reader) -> dict:
         out["enable_block_device_access"] = read.boolean(section, "enable_block_device_access")
     for key, field_name in (("vm_allowed_networks", "allowed_networks"), ("vm_allowed_bridges", "allowed_bridges")):
         names = read.raw(section, key, optional=True).split()
-        if key == "vm_allowed_networks" and (not names or "*" in names):
-            out[field_name] = None
+        if key == "vm_allowed_networks" and "*" in names:
+            if names != ["*"]:
+                raise read.error(section, key, f"expected '*' (every network) alone or names, found {' '.join(names)!r}")
+            out[field_name] = None      # every libvirt network: an explicit choice
             continue
         for name in names:
             if not NAME_LIST_RE.match(name):
                 raise read.error(section, key, f"expected space-separated names, found {name!r}")
         out[field_name] = frozenset(names)
+    # Size caps of one VM, quota or not (the host's capacity caps them too).
+    if read.raw(section, "vm_max_memory", optional=True):
+        out["max_memory_kib"] = read.integer(section, "vm_max_memory", 1, MAX_VM_MEMORY_MIB) * 1024
+    if read.raw(section, "vm_max_vcpus", optional=True):
+        out["max_vcpus"] = read.integer(section, "vm_max_vcpus", 1, MAX_VM_VCPUS)
     return out
 
 

@@ -166,6 +166,12 @@ remote_display_port_max = {self.display_ports[1]}
             src = Path("/etc/libvirt") / f
             if src.is_file() and not (etc / f).exists():
                 shutil.copy(src, etc / f)
+        # libvirt's own filters (clean-traffic...: libvirt-daemon-config-nwfilter); the policy
+        # puts clean-traffic on every NIC of a non-admin's VM (archipelagent/virt/policy.py).
+        (etc / "nwfilter").mkdir(exist_ok=True)
+        for src in sorted(Path("/etc/libvirt/nwfilter").glob("*.xml")):
+            if not (etc / "nwfilter" / src.name).exists():
+                shutil.copy(src, etc / "nwfilter" / src.name)
 
     def wipe_definitions(self) -> None:
         """Forget persistent domains/networks/pools and runtime state (keeps cache)."""

@@ -26,7 +26,7 @@ t0=$(date +%s.%N)
 elapsed() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
 
 # ---------------------------------------------------------------- apt packages
-PACKAGES=(ejabberd slapd ldap-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
+PACKAGES=(ejabberd slapd ldap-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-config-nwfilter libvirt-clients
           qemu-system-x86 qemu-utils libvirt-dev pkg-config iptables dnsmasq-base openssl curl
           pacemaker-cli-utils corosync crmsh drbd-utils)  # HA kit's offline validators (never started)
 

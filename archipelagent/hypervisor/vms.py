@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 import libvirt
 
 from ..commands.payload import local_name
-from ..errors import Conflict, InvalidArgument, LibvirtFailure, NotFound
+from ..errors import Conflict, InvalidArgument, LibvirtFailure, NotFound, Unavailable
 from ..quotas import parse_xml, quota_center
 from ..state import VMRecord, VMStore, new_password, now_iso
 from ..storage.health import require_writable
@@ -111,17 +111,29 @@ class VMManager:
     def jid_for(self, uuid: str) -> str:
         return f"{uuid}@{self.agent.config.domain}"
 
-    async def checked_definition(self, xml: str, uuid: str, name: str):
+    async def checked_definition(self, xml: str, uuid: str, name: str, owner: str | None = None):
         """The definition policy, in a worker thread: it resolves paths on the shared
-        storage, and a hung NFS mount must not stall the event loop."""
-        return await asyncio.to_thread(lambda: check_domain(xml, self.policy_context(uuid, name)))
+        storage, and a hung NFS mount must not stall the event loop.  ``owner``: the
+        VM's owner (None: judged as a non-admin's VM, the stricter policy)."""
+        ctx = await self.policy_context(uuid, name, owner)
+        return await asyncio.to_thread(check_domain, xml, ctx)
 
-    def policy_context(self, uuid: str, name: str) -> PolicyContext:
+    async def policy_context(self, uuid: str, name: str, owner: str | None = None) -> PolicyContext:
+        """What the VM may use: config, the host's capacity (libvirt node info) and
+        whether its owner is an admin (an LDAP outage counts as not: fail closed)."""
         vm = self.agent.config.vm
+        node = await self.agent.libvirt.node_info()
+        try:
+            owner_is_admin = bool(owner) and await self.agent.permissions.is_admin(owner)
+        except Unavailable as exc:
+            log.warning("VM %s: owner's admin status unknown (%s); judged as a non-admin's VM", uuid, exc)
+            owner_is_admin = False
         return PolicyContext(
             uuid=uuid, name=name, vm_folder=self.folder(uuid).resolve(), allow_host_devices=vm.enable_block_device_access,
             allowed_networks=vm.allowed_networks, allowed_bridges=vm.allowed_bridges,
             library_paths=tuple(getattr(self.agent, "library_paths", ())),  # set by the storage module
+            owner_is_admin=owner_is_admin, host_memory_kib=node["memory_kib"], host_cpus=node["nrCPU"],
+            max_memory_kib=vm.max_memory_kib, max_vcpus=vm.max_vcpus,
         )
 
     def get(self, uuid_or_jid: str) -> VMEntity:
@@ -224,7 +236,7 @@ class VMManager:
                 raise Conflict(f"a virtual machine named '{name}' already exists")
             folder = self.folder(uuid)
             if definition is not None:
-                xml = _serialise(await self.checked_definition(plain_xml(definition), uuid, name))
+                xml = _serialise(await self.checked_definition(plain_xml(definition), uuid, name, requester))
             else:
                 xml = domainxml.default_domain(uuid, name, domain_type=await self._domain_type())
             await quota_center(self.agent).check_new(requester, parse_xml(xml), sender=requester)  # quotas.py
@@ -307,7 +319,7 @@ class VMManager:
             finally:
                 src.set_busy(None)
             new_xml = domainxml.clone_domain(xml, uuid=uuid, name=name, path_map=path_map)
-            await self.agent.libvirt.call("defineXML", _serialise(await self.checked_definition(new_xml, uuid, name)))
+            await self.agent.libvirt.call("defineXML", _serialise(await self.checked_definition(new_xml, uuid, name, requester)))
             record = VMRecord(uuid=uuid, jid=self.jid_for(uuid), password=new_password(self.agent.config.vm.password_size),
                               name=name, created=now_iso(), owner=requester, orginfo=dict(src.record.orginfo))
             await self.store.add(record)
@@ -334,7 +346,7 @@ class VMManager:
     # -------------------------------------------------------------- define
     async def define(self, entity: VMEntity, definition: ET.Element, sender: str | None = None) -> None:
         require_writable(self.agent, "define")
-        root = await self.checked_definition(plain_xml(definition), entity.uuid, entity.name)
+        root = await self.checked_definition(plain_xml(definition), entity.uuid, entity.name, entity.record.owner)
         await quota_center(self.agent).check_define(entity, root, sender=sender)  # quotas.py
         await self.agent.libvirt.call("defineXML", _serialise(root))
 

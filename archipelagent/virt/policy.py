@@ -10,14 +10,20 @@ How it decides
 --------------
 1. The text is parsed defensively (:func:`parse_untrusted`): size limit, no
    DTD, no entities, no network, no XInclude, no processing instructions.
-2. Identity: root ``<domain>``, allowed ``type``, ``<uuid>`` of the entity,
-   ``<name>`` of the entity (set when absent).
-3. One rule per feature (``_RULES``): host devices, disks, char devices,
-   interfaces, graphics, firmware paths...  Each rule that accepts a host
-   path records it as judged.
-4. A final sweep refuses every absolute path no rule judged unless it lies
-   inside the VM folder: a libvirt feature we do not know yet cannot smuggle
-   a host path in.
+2. Identity: root ``<domain>``, allowed ``type``, ``<uuid>`` and ``<name>``
+   of the entity (each set when absent).
+3. Sizes: memory and vCPUs within the host's capacity and the configured
+   maxima (``vm_max_memory``, ``vm_max_vcpus``), quota or not.
+4. One rule per feature (``_RULES``): host devices, disks, char devices,
+   interfaces (``clean-traffic`` on every NIC of a non-admin's VM),
+   graphics, firmware paths...  Each rule that accepts a host path records
+   it as judged.
+5. A sweep refuses every absolute path no rule judged unless it lies
+   inside the VM folder.
+6. The allowlist (:mod:`archipelagent.virt.allowlist`): every element and
+   attribute must be a known safe one, with an allowed value where it
+   matters; what the table does not know is refused.  A libvirt feature we
+   do not know yet cannot pass.
 
 Callers must define the *returned* element (``etree.tostring(el)``), never
 the original text: the checks hold for what was parsed, and a few harmless
@@ -43,11 +49,12 @@ from lxml import etree
 
 from archipelagent import xmlsafe
 from archipelagent.errors import ArchipelError
+from archipelagent.virt import allowlist
 
 __all__ = [
     "PolicyContext", "PolicyViolation", "check_domain", "parse_untrusted",
     "element_path", "memory_kib", "vcpus", "disk_sources", "set_disk_error_policy",
-    "MAX_XML_BYTES", "DEFAULT_EMULATORS", "DEFAULT_FIRMWARE_PATHS",
+    "MAX_XML_BYTES", "DEFAULT_EMULATORS", "DEFAULT_FIRMWARE_PATHS", "NIC_FILTER",
 ]
 
 MAX_XML_BYTES = xmlsafe.MAX_XML_BYTES
@@ -71,10 +78,16 @@ DEFAULT_FIRMWARE_PATHS = (
 
 RNG_SOURCES = frozenset({"/dev/random", "/dev/urandom", "/dev/hwrng"})
 
-# Char device types that touch nothing on the host, need a path, or a socket.
+# Char device types that touch nothing on the host, or need a path in the VM folder.
+# tcp/udp are refused, loopback or not: a guest would reach the host's own
+# services on 127.0.0.1 (LDAP, ejabberd's HTTP API, libvirt's migration ports).
 CHAR_TYPES_SAFE = frozenset({"pty", "null", "vc", "spicevmc", "spiceport", "qemu-vdagent"})
 CHAR_TYPES_PATH = frozenset({"file", "pipe", "unix", "dev"})
 CHAR_TYPES_NET = frozenset({"tcp", "udp"})
+
+# libvirt's anti-spoofing filter (MAC, IP, ARP; libvirt-daemon-config-nwfilter):
+# on every NIC of a VM whose owner is not an admin.
+NIC_FILTER = "clean-traffic"
 CHAR_DEVICE_TAGS = ("serial", "parallel", "console", "channel")
 
 # libvirt writes guest-agent sockets here itself; a path copied from a live
@@ -116,6 +129,14 @@ class PolicyContext:
     domain_types: frozenset[str] = frozenset({"kvm", "qemu"})
     emulators: tuple[str, ...] = DEFAULT_EMULATORS
     firmware_paths: tuple[Path, ...] = DEFAULT_FIRMWARE_PATHS
+    # The VM's owner is an admin: host tuning (memtune, cputune...) and any
+    # NIC filter; else every NIC gets NIC_FILTER.
+    owner_is_admin: bool = False
+    # Size caps, whatever the quotas say (None: no cap of that kind).
+    host_memory_kib: int | None = None
+    host_cpus: int | None = None
+    max_memory_kib: int | None = None       # [VIRTUALMACHINE] vm_max_memory
+    max_vcpus: int | None = None            # [VIRTUALMACHINE] vm_max_vcpus
 
 
 # --------------------------------------------------------------- parsing
@@ -179,6 +200,15 @@ class _Judged:
     def __init__(self):
         self._values: set[tuple[etree._Element, str | None]] = set()
         self._trees: set[etree._Element] = set()
+        self._host: set[etree._Element] = set()
+
+    def host_device(self, el: etree._Element) -> None:
+        """An allowed host device: judged as a whole, the allowlist does not enter it."""
+        self._trees.add(el)
+        self._host.add(el)
+
+    def is_host_device(self, el: etree._Element) -> bool:
+        return el in self._host
 
     def value(self, el: etree._Element, attr: str | None = None) -> None:
         self._values.add((el, attr))
@@ -256,7 +286,7 @@ def _host_device(el: etree._Element, ctx: PolicyContext, judged: _Judged, what: 
     """Host devices need the hypervisor's ``allow_host_devices``."""
     if not ctx.allow_host_devices:
         raise _refuse(el, f"{what} gives the VM a host device; not allowed on this hypervisor")
-    judged.tree(el)
+    judged.host_device(el)
 
 
 # --------------------------------------------------------------- sizes
@@ -375,8 +405,10 @@ def _check_identity(root: etree._Element, ctx: PolicyContext) -> None:
         if len(found) > 1:
             raise _refuse(found[1], f"<{tag}> may appear only once")
     uuid_el = root.find("uuid")
-    if uuid_el is None:
-        raise PolicyViolation("uuid", f"missing; it must be {ctx.uuid}")
+    if uuid_el is None:             # the entity's (alloc with a <domain>: the client cannot know it)
+        uuid_el = etree.Element("uuid")
+        uuid_el.text = ctx.uuid
+        root.insert(0, uuid_el)
     try:
         same = uuidlib.UUID((uuid_el.text or "").strip()) == uuidlib.UUID(ctx.uuid)
     except ValueError:
@@ -410,6 +442,40 @@ def _check_sizes(root: etree._Element) -> None:
         current = vcpu.get("current")
         if current is not None and not (current.isdigit() and 0 < int(current) <= count):
             raise _refuse(vcpu, f"current vcpus '{current}' must be between 1 and {count}")
+
+
+def _size_limits(ctx: PolicyContext) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+    """(limit, what it is) for memory (KiB) and vCPUs, from the host and the config."""
+    memory, cpus = [], []
+    if ctx.host_memory_kib:
+        memory.append((ctx.host_memory_kib, "this host's memory"))
+    if ctx.max_memory_kib:
+        memory.append((ctx.max_memory_kib, "the hypervisor's maximum (vm_max_memory)"))
+    if ctx.host_cpus:
+        cpus.append((ctx.host_cpus, "this host's CPUs"))
+    if ctx.max_vcpus:
+        cpus.append((ctx.max_vcpus, "the hypervisor's maximum (vm_max_vcpus)"))
+    return memory, cpus
+
+
+def _check_size_limits(root: etree._Element, ctx: PolicyContext) -> None:
+    """Memory and vCPUs capped by the host's capacity and the configured maxima,
+    whatever the quotas say (an unlimited user must not take the whole host)."""
+    memory_caps, cpu_caps = _size_limits(ctx)
+    if memory_caps:
+        limit, what = min(memory_caps)
+        sizes = [(memory_kib(root), root.find("memory"))]
+        max_memory = root.find("maxMemory")
+        if max_memory is not None:
+            sizes.append((_element_kib(max_memory, "maxMemory"), max_memory))
+        for kib, el in sizes:
+            if kib > limit:
+                raise _refuse(el, f"{kib} KiB is more than {what}: {limit} KiB")
+    if cpu_caps:
+        limit, what = min(cpu_caps)
+        count = vcpus(root)
+        if count > limit:
+            raise PolicyViolation("vcpu", f"{count} vCPUs is more than {what}: {limit}")
 
 
 def _strip_description(root: etree._Element) -> None:
@@ -501,9 +567,11 @@ def _rule_resource(root, ctx, judged):
 
 def _rule_harmless_text(root, ctx, judged):
     """Free text and host-side tuning that may look like paths."""
-    for el in itertools.chain(root.iterchildren("title"), root.iterfind("blkiotune/device/path"),
-                              root.iterchildren("launchSecurity")):
+    for el in root.iterchildren("title"):
         judged.tree(el)
+    if ctx.owner_is_admin:          # host block device names: tuning, admins only (allowlist)
+        for el in root.iterfind("blkiotune/device/path"):
+            judged.tree(el)
     for disk in _devices(root, "disk"):
         for el in disk.iterchildren("serial", "vendor", "product", "wwn"):
             judged.value(el)
@@ -636,15 +704,8 @@ def _check_char_backend(owner, char_type, ctx, judged):
                 continue
             _require_path(source, "path", ctx, judged, label=f"{char_type} path")
     elif char_type in CHAR_TYPES_NET:
-        sources = owner.findall("source")
-        if not sources:
-            raise _refuse(owner, f"{char_type} device without a loopback address")
-        for source in sources:
-            host = source.get("host")
-            if not _is_loopback(host):
-                verb = "listens on" if source.get("mode", "connect") == "bind" else "connects to"
-                raise _refuse(source, f"{char_type} device {verb} '{host or 'all addresses'}'; "
-                                      "only loopback is allowed")
+        raise _refuse(owner, f"a {char_type} character device opens a network socket on the host "
+                             "(even on loopback it reaches the host's services); not accepted")
     else:
         raise _refuse(owner, f"character device type '{char_type}' is not allowed")
 
@@ -690,6 +751,22 @@ def _check_interface(iface, ctx, judged):
         bridge = source.get("bridge")
         if bridge not in ctx.allowed_bridges:
             raise _refuse(source, f"bridge '{bridge}' is not allowed")
+    if not ctx.owner_is_admin:
+        _require_nic_filter(iface)
+
+
+def _require_nic_filter(iface: etree._Element) -> None:
+    """A non-admin's NIC always has libvirt's anti-spoofing filter, and only it:
+    added when absent, any other filter refused (parameters too: the allowlist)."""
+    filters = iface.findall("filterref")
+    for ref in filters:
+        if ref.get("filter") != NIC_FILTER:
+            raise _refuse(ref, f"filter '{ref.get('filter')}' is not allowed; the VM's interfaces "
+                               f"use '{NIC_FILTER}' (anti-spoofing)")
+    if len(filters) > 1:
+        raise _refuse(filters[1], "<filterref> may appear only once")
+    if not filters:
+        etree.SubElement(iface, "filterref", filter=NIC_FILTER)
 
 
 def _rule_graphics(root, ctx, judged):
@@ -808,20 +885,24 @@ def check_domain(xml: str | bytes, ctx: PolicyContext) -> etree._Element:
 
     Raises :class:`PolicyViolation` naming the first offending element.
     Normalisations applied to the returned element: ``<uuid>`` in canonical
-    form; ``<name>`` added when absent; ``<description>`` removed; output-only
+    form; ``<uuid>`` and ``<name>`` of the entity added when absent; ``<description>`` removed; output-only
     parts of a live definition dropped (pty ``tty``/source, dynamic seclabel
     ``label``/``imagelabel``, libvirt's own guest-agent socket paths);
     VNC/SPICE without a listen address get ``127.0.0.1``; writable disks get
-    ``error_policy='stop'`` and ``rerror_policy='stop'`` (:func:`set_disk_error_policy`).
+    ``error_policy='stop'`` and ``rerror_policy='stop'`` (:func:`set_disk_error_policy`);
+    interfaces of a non-admin's VM get ``<filterref filter='clean-traffic'/>``.
     """
     root = parse_untrusted(xml)
     _check_root(root)
     _check_namespaces(root)
     _check_identity(root, ctx)
     _check_sizes(root)
+    _check_size_limits(root, ctx)
     _strip_description(root)
     judged = _Judged()
     for rule in _RULES:
         rule(root, ctx, judged)
     _sweep_paths(root, ctx, judged)
+    allowlist.check_allowlist(root, admin=ctx.owner_is_admin, refuse=_refuse,
+                              judged_whole=judged.is_host_device)
     return root

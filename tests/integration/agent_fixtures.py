@@ -51,6 +51,8 @@ class AgentHandle:
 def write_config(stack, lib_dir, overrides=None, password="hv-secret-" + uuid.uuid4().hex):
     base = {"HYPERVISOR": {"hypervisor_name": HV_NAME}, "LOGGING": {"logging_level": "info"},
             "XMPP": {"reconnect_min_delay": "0.5", "reconnect_max_delay": "5"},
+            # The shipped default allows no network; tests attach NICs to "default".
+            "VIRTUALMACHINE": {"vm_allowed_networks": "default"},
             # Short cache: the LDAP-down test waits it out (test_ldap_groups.py).
             "LDAP": {"ldap_uri": stack.ldap_uri, "ldap_bind_dn": stack.ldap_bind_dn,
                      "ldap_bind_password": stack.ldap_bind_password,

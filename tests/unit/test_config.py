@@ -462,7 +462,7 @@ def test_vm_policy_keys(tmp_path):
     sample = pathlib.Path(__file__).resolve().parents[2] / "conf" / "archipel.conf"
     text = sample.read_text()
     conf = tmp_path / "a.conf"
-    conf.write_text(text.replace("vm_allowed_networks = *", "vm_allowed_networks = lab1 lab2")
+    conf.write_text(text.replace("vm_allowed_networks =\n", "vm_allowed_networks = lab1 lab2\n")
                     .replace("vm_allowed_bridges =", "vm_allowed_bridges = br-class")
                     .replace("/var/log/archipel/archipel.log", ""))
     cfg = load_config(conf)
@@ -473,3 +473,37 @@ def test_vm_policy_keys(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(conf)
     assert "[VIRTUALMACHINE] enable_block_device_access" in str(err.value)
+
+
+def test_shipped_config_allows_no_network_and_caps_vm_sizes(tmp_path):
+    cfg = load_config(with_value(tmp_path, "LOGGING", "logging_file_path", ""))
+    assert cfg.vm.allowed_networks == frozenset()       # none: '*' must be an explicit choice
+    assert (cfg.vm.max_memory_kib, cfg.vm.max_vcpus) == (16384 * 1024, 8)
+
+
+@pytest.mark.parametrize("value, expected", [("", frozenset()), ("*", None), ("lab1", frozenset({"lab1"}))])
+def test_vm_allowed_networks_values(tmp_path, value, expected):
+    path = with_value(tmp_path, "VIRTUALMACHINE", "vm_allowed_networks", value)
+    raw = configparser.RawConfigParser()
+    raw.read(path)
+    raw.set("LOGGING", "logging_file_path", "")
+    assert load_config(write(tmp_path, raw)).vm.allowed_networks == expected
+
+
+def test_absent_policy_keys_mean_no_network_and_host_capacity(tmp_path):
+    raw = sample_parser()
+    for key in ("vm_allowed_networks", "vm_max_memory", "vm_max_vcpus"):
+        raw.remove_option("VIRTUALMACHINE", key)
+    raw.set("LOGGING", "logging_file_path", "")
+    cfg = load_config(write(tmp_path, raw))
+    assert (cfg.vm.allowed_networks, cfg.vm.max_memory_kib, cfg.vm.max_vcpus) == (frozenset(), None, None)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("vm_allowed_networks", "* lab1"), ("vm_allowed_networks", "lab/1"),
+    ("vm_max_memory", "0"), ("vm_max_memory", "16G"), ("vm_max_memory", "-1"),
+    ("vm_max_vcpus", "0"), ("vm_max_vcpus", "eight"), ("vm_max_vcpus", "4097"),
+])
+def test_vm_policy_bad_values(tmp_path, key, value):
+    error = expect_error(with_value(tmp_path, "VIRTUALMACHINE", key, value), "VIRTUALMACHINE", key)
+    assert "expected" in error.reason

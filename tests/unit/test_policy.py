@@ -2,6 +2,7 @@
 legitimate ones pass, and paths are judged where they really lead."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -10,15 +11,18 @@ import pytest
 from lxml import etree
 
 from archipelagent.errors import ArchipelError
+from archipelagent.virt import allowlist
 from archipelagent.virt.domainxml import default_domain
 from archipelagent.virt.policy import (
-    MAX_XML_BYTES, PolicyContext, PolicyViolation, check_domain, disk_sources,
+    MAX_XML_BYTES, NIC_FILTER, PolicyContext, PolicyViolation, check_domain, disk_sources,
     element_path, memory_kib, parse_untrusted, vcpus,
 )
 
 UUID = "0b7e1c2a-3d4f-4a5b-8c6d-7e8f9a0b1c2d"
 NAME = "student-vm"
 HOSTILE = sorted((Path(__file__).parent / "hostile_domains").glob("*.xml"))
+HOST_MEMORY_KIB, HOST_CPUS = 8 * 1024 ** 2, 4          # the host's capacity (libvirt nodeinfo)
+MAX_MEMORY_KIB, MAX_VCPUS = 4 * 1024 ** 2, 8           # vm_max_memory, vm_max_vcpus
 
 
 @pytest.fixture
@@ -29,7 +33,9 @@ def ctx(tmp_path) -> PolicyContext:
     library.mkdir()
     return PolicyContext(uuid=UUID, name=NAME, vm_folder=vm_folder, library_paths=(library,),
                          allowed_networks=frozenset({"default", "students"}),
-                         allowed_bridges=frozenset({"br-students"}))
+                         allowed_bridges=frozenset({"br-students"}),
+                         host_memory_kib=HOST_MEMORY_KIB, host_cpus=HOST_CPUS,
+                         max_memory_kib=MAX_MEMORY_KIB, max_vcpus=MAX_VCPUS)
 
 
 def fill(text: str, ctx: PolicyContext) -> str:
@@ -186,10 +192,8 @@ def test_vnc_without_listen_gets_loopback(ctx):
     assert root.find("devices/graphics").get("listen") == "127.0.0.1"
 
 
-def test_file_serial_and_loopback_tcp_are_accepted(ctx):
+def test_file_serial_and_unix_channel_are_accepted(ctx):
     xml = domain(ctx, "<serial type='file'><source path='@VM@/serial.log'/><target port='0'/></serial>"
-                      "<serial type='tcp'><source mode='bind' host='127.0.0.1' service='4555'/>"
-                      "<target port='1'/></serial>"
                       "<console type='pty'><log file='@VM@/console.log'/><target type='serial'/></console>"
                       "<channel type='unix'><source mode='bind'/>"
                       "<target type='virtio' name='org.qemu.guest_agent.0'/></channel>")
@@ -213,7 +217,7 @@ def test_harmless_devices_are_accepted(ctx):
                      "<seclabel type='dynamic' model='dac' relabel='yes'><label>+0:+0</label>"
                      "<imagelabel>+0:+0</imagelabel></seclabel>"
                      "<metadata><x:any xmlns:x='urn:x' path='/etc/shadow'/></metadata>")
-    root = check_domain(xml.replace("<devices>", "<iommu model='intel'/><devices>", 0), ctx)
+    root = check_domain(xml, ctx)
     assert root.find("seclabel/label") is None      # output-only part dropped
 
 
@@ -371,3 +375,139 @@ def test_vcpu_current_above_maximum_is_refused(ctx):
 
 def test_missing_memory_is_refused(ctx):
     assert refused(domain(ctx).replace("<memory unit='MiB'>128</memory>", ""), ctx).element == "memory"
+
+
+# ------------------------------------------------------------------ allowlist (issue 10, items 8-9)
+
+LIBVIRT_WRITTEN = sorted((Path(__file__).parent / "libvirt_domains").glob("*.xml"))
+
+
+def admin_ctx(ctx: PolicyContext, **changes) -> PolicyContext:
+    return dataclasses.replace(ctx, owner_is_admin=True, **changes)
+
+
+@pytest.mark.parametrize("path", LIBVIRT_WRITTEN, ids=lambda p: p.stem)
+def test_definitions_libvirt_writes_back_are_accepted(path, ctx):
+    """What libvirt returns for the agent's own definitions (the clone path re-checks it)."""
+    check_domain(fill(path.read_text(), ctx), ctx)
+
+
+def test_missing_uuid_is_the_entitys(ctx):
+    root = check_domain(domain(ctx).replace(f"<uuid>{UUID}</uuid>", ""), ctx)
+    assert root.findtext("uuid") == UUID
+
+
+def test_nic_of_a_non_admin_gets_clean_traffic(ctx):
+    xml = domain(ctx, "<interface type='network'><source network='students'/></interface>"
+                      "<interface type='bridge'><source bridge='br-students'/>"
+                      "<filterref filter='clean-traffic'/></interface>")
+    root = check_domain(xml, ctx)
+    for iface in root.iterfind("devices/interface"):
+        assert [f.get("filter") for f in iface.iterfind("filterref")] == [NIC_FILTER]
+
+
+def test_two_filterrefs_are_refused(ctx):
+    xml = domain(ctx, "<interface type='network'><source network='students'/>"
+                      "<filterref filter='clean-traffic'/><filterref filter='clean-traffic'/></interface>")
+    assert refused(xml, ctx).element == "devices/interface/filterref[2]"
+
+
+def test_admins_nic_keeps_its_filter_and_gets_none_added(ctx):
+    xml = domain(ctx, "<interface type='network'><source network='students'/>"
+                      "<filterref filter='allow-arp'><parameter name='IP' value='10.0.0.7'/></filterref>"
+                      "</interface><interface type='network'><source network='students'/></interface>")
+    root = check_domain(xml, admin_ctx(ctx))
+    assert [f.get("filter") for f in root.iterfind("devices/interface/filterref")] == ["allow-arp"]
+
+
+def test_admins_may_tune_the_host(ctx):
+    top = ("<memtune><hard_limit unit='GiB'>1</hard_limit></memtune>"
+           "<cputune><shares>2048</shares><vcpupin vcpu='0' cpuset='0'/></cputune>"
+           "<numatune><memory mode='strict' nodeset='0'/></numatune>"
+           "<blkiotune><weight>800</weight><device><path>/dev/sda</path><weight>500</weight></device></blkiotune>"
+           "<memoryBacking><hugepages><page size='2' unit='M' nodeset='0'/></hugepages></memoryBacking>")
+    xml = domain(ctx, top=top).replace("<vcpu>1</vcpu>", "<vcpu cpuset='0-1'>1</vcpu>")
+    check_domain(xml, admin_ctx(ctx))
+    assert refused(xml, ctx).element == "blkiotune/device/path"     # a host path for a non-admin
+    cpuset = domain(ctx).replace("<vcpu>1</vcpu>", "<vcpu cpuset='0-1'>1</vcpu>")
+    assert refused(cpuset, ctx).reason == "attribute 'cpuset' of <vcpu> is only accepted in an administrator's VM"
+
+
+def test_non_admin_blkiotune_weight_alone_is_refused(ctx):
+    error = refused(domain(ctx, top="<blkiotune><weight>800</weight></blkiotune>"), ctx)
+    assert (error.element, error.reason) == ("blkiotune", "<blkiotune> is only accepted in an administrator's VM")
+
+
+def test_admins_are_still_bound_by_the_allowlist(ctx):
+    assert refused(domain(ctx, "<watchdog model='i6300esb' action='dump'/>"), admin_ctx(ctx)).element == \
+        "devices/watchdog"
+    assert refused(domain(ctx, top="<memoryBacking><locked/></memoryBacking>"), admin_ctx(ctx)).element == \
+        "memoryBacking/locked"
+    assert refused(domain(ctx, "<iommu model='intel'/>"), admin_ctx(ctx)).element == "devices/iommu"
+
+
+def test_unknown_attribute_value_names_the_allowed_ones(ctx):
+    error = refused(domain(ctx, "<watchdog model='i6300esb' action='dump'/>"), ctx)
+    assert error.reason == ("action='dump' is not allowed for <watchdog> "
+                            "(allowed: inject-nmi, none, pause, poweroff, reset, shutdown)")
+
+
+def test_nested_backing_chain_counts_as_one_level(ctx):
+    xml = domain(ctx, "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+                      "<source file='@VM@/top.qcow2'/><backingStore type='file'><format type='qcow2'/>"
+                      "<source file='@VM@/mid.qcow2'/><backingStore type='file'><format type='raw'/>"
+                      "<source file='@ISO@/base.img'/><backingStore/></backingStore></backingStore>"
+                      "<target dev='vda' bus='virtio'/></disk>")
+    check_domain(xml, ctx)
+
+
+def test_allowed_host_devices_are_judged_whole(ctx):
+    allowed = dataclasses.replace(ctx, allow_host_devices=True)
+    xml = domain(ctx, "<interface type='hostdev' managed='yes'><source><address type='pci' domain='0x0000' "
+                      "bus='0x02' slot='0x00' function='0x1'/></source></interface>")
+    check_domain(xml, allowed)
+    assert refused(xml, ctx).element == "devices/interface"
+
+
+def test_allowlist_table_refuses_duplicates_and_unknown_flags():
+    with pytest.raises(ValueError):
+        allowlist._parse_table("devices/disk\ndevices/disk type")
+    with pytest.raises(ValueError):
+        allowlist._parse_table("devices/disk [sometimes]")
+
+
+def test_schema_path():
+    root = parse_untrusted("<domain><devices><disk><backingStore><backingStore><source/>"
+                           "</backingStore></backingStore></disk></devices></domain>")
+    assert allowlist.schema_path(root) == "(root)"
+    assert allowlist.schema_path(root.find(".//source")) == "devices/disk/backingStore/source"
+
+
+# ------------------------------------------------------------------ size caps
+
+@pytest.mark.parametrize("memory, vcpu, element, reason", [
+    ("<memory unit='KiB'>4194305</memory>", "<vcpu>1</vcpu>", "memory",
+     "4194305 KiB is more than the hypervisor's maximum (vm_max_memory): 4194304 KiB"),
+    ("<memory unit='MiB'>128</memory>", "<vcpu>5</vcpu>", "vcpu", "5 vCPUs is more than this host's CPUs: 4"),
+    ("<memory unit='MiB'>128</memory>", "<vcpu current='1'>255</vcpu>", "vcpu",
+     "255 vCPUs is more than this host's CPUs: 4"),
+])
+def test_sizes_beyond_the_caps_are_refused(ctx, memory, vcpu, element, reason):
+    xml = domain(ctx).replace("<memory unit='MiB'>128</memory>", memory).replace("<vcpu>1</vcpu>", vcpu)
+    error = refused(xml, ctx)
+    assert (error.element, error.reason) == (element, reason)
+
+
+def test_sizes_at_the_caps_are_accepted_and_the_smaller_cap_wins(ctx):
+    at_caps = domain(ctx).replace("<memory unit='MiB'>128</memory>", f"<memory>{MAX_MEMORY_KIB}</memory>")
+    check_domain(at_caps.replace("<vcpu>1</vcpu>", f"<vcpu>{HOST_CPUS}</vcpu>"), ctx)
+    small_host = dataclasses.replace(ctx, host_memory_kib=1024 * 1024)
+    assert refused(at_caps, small_host).reason == f"{MAX_MEMORY_KIB} KiB is more than this host's memory: 1048576 KiB"
+    config_only = dataclasses.replace(ctx, host_cpus=None, max_vcpus=2)
+    assert refused(domain(ctx).replace("<vcpu>1</vcpu>", "<vcpu>3</vcpu>"), config_only).reason == \
+        "3 vCPUs is more than the hypervisor's maximum (vm_max_vcpus): 2"
+
+
+def test_admins_are_capped_too(ctx):
+    xml = domain(ctx).replace("<memory unit='MiB'>128</memory>", "<memory unit='TiB'>1</memory>")
+    assert refused(xml, admin_ctx(ctx)).element == "memory"
