@@ -122,7 +122,7 @@ async def test_memory_vcpus_and_a_stricter_user_quota(agent, admin, student):
     base = await used(admin, agent, student.jid)
     n, mem, cpus = base["vms"], base["memory"], base["vcpus"]
     async with StudentsCanAlloc(admin, agent) as lab:
-        await set_quota(admin, agent, "group", "students", vms=n + 3, memory=mem + 262144, vcpus=cpus + 3)
+        await set_quota(admin, agent, "group", "students", vms=n + 3, memory=mem + 262144, vcpus=cpus + 2)
         await set_quota(admin, agent, "user", student.jid, vms=n + 1)
         a = await lab.alloc(student)
         with pytest.raises(AcpError) as err:  # the user's own quota is stricter than the group's: it wins
@@ -151,20 +151,20 @@ async def test_memory_vcpus_and_a_stricter_user_quota(agent, admin, student):
         with pytest.raises(AcpError) as err:
             await student.acp(full_a, DEFINITION, "define", children=[desc])
         assert err.value.code == -51 and "memory" in err.value.text and "for user" in err.value.text
-        # up to 4 vCPUs, 1 of them plugged: counts as 1
+        # up to 2 vCPUs (the definition policy caps them at the rig host's CPUs), 1 plugged: counts as 1
         desc.find("memory").text = "65536"
         vcpu = desc.find("vcpu")
-        vcpu.text = "4"
+        vcpu.text = "2"
         vcpu.set("current", "1")
         await student.acp(full_a, DEFINITION, "define", children=[desc])
         with pytest.raises(AcpError) as err:
-            await student.acp(full_a, CONTROL, "setvcpus", {"value": "3"})
+            await student.acp(full_a, CONTROL, "setvcpus", {"value": "2"})
         assert err.value.code == -51
-        assert (f"quota exceeded: vcpus {cpus + 4} requested, limit {cpus + 3} for group students "
+        assert (f"quota exceeded: vcpus {cpus + 3} requested, limit {cpus + 2} for group students "
                 f"(already used {cpus + 2})") in err.value.text
-        await student.acp(full_a, CONTROL, "setvcpus", {"value": "2"})
+        await student.acp(full_a, CONTROL, "setvcpus", {"value": "1"})
         # the admin changing the student's VM is not limited
-        await admin.acp(full_a, CONTROL, "setvcpus", {"value": "4"})
+        await admin.acp(full_a, CONTROL, "setvcpus", {"value": "2"})
         assert b in lab.vms
 
 
