@@ -1,9 +1,11 @@
 """Domain XML builders: what they write passes our policy and libvirt's parser."""
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 import uuid as uuidlib
+from pathlib import Path
 
 import libvirt
 import pytest
@@ -12,7 +14,7 @@ from lxml import etree
 from archipelagent.virt.domainxml import (
     QEMU_MAC_PREFIX, clone_domain, default_domain, domain_name, domain_uuid, random_mac, set_name,
 )
-from archipelagent.virt.policy import PolicyContext, check_domain
+from archipelagent.virt.policy import PolicyContext, PolicyViolation, check_domain
 
 MAC_RE = re.compile(r"52:54:00(:[0-9a-f]{2}){3}")
 
@@ -201,3 +203,39 @@ def test_helpers_on_definition_without_name_or_uuid():
     xml = "<domain type='kvm'><memory>1024</memory></domain>"
     assert domain_uuid(xml) is None and domain_name(xml) is None
     assert domain_name(set_name(xml, "named")) == "named"
+
+
+# ------------------------------------------------------------------ clones of libvirt's own XML
+
+LIBVIRT_WRITTEN = sorted((Path(__file__).parent / "libvirt_domains").glob("*.xml"))
+
+
+@pytest.mark.parametrize("path", LIBVIRT_WRITTEN, ids=lambda p: p.stem)
+def test_clone_of_what_libvirt_writes_passes_for_a_students_copy(tmp_path, path):
+    """The clone path re-checks libvirt's XMLDesc(INACTIVE): every element libvirt adds on
+    its own must pass, and the student's copy gets the anti-spoofing filter on its NICs."""
+    src_uuid, new_uuid = str(uuidlib.uuid4()), str(uuidlib.uuid4())
+    src_folder, new_folder, library = tmp_path / src_uuid, tmp_path / new_uuid, tmp_path / "iso"
+    for folder in (src_folder, new_folder, library):
+        folder.mkdir()
+    xml = (path.read_text().replace("@UUID@", src_uuid).replace("@NAME@", "src")
+           .replace("@VM@", str(src_folder)).replace("@ISO@", str(library)))
+    path_map = {str(src_folder / n): str(new_folder / n) for n in ("disk0.qcow2", "d.qcow2", "VARS.fd")}
+    clone = clone_domain(xml, uuid=new_uuid, name="copy", path_map=path_map, rng=random.Random(3))
+    root = check_domain(clone, PolicyContext(
+        uuid=new_uuid, name="copy", vm_folder=new_folder, library_paths=(library,),
+        allowed_networks=frozenset({"default"}), allowed_bridges=frozenset({"br-students"}),
+        host_memory_kib=8 * 1024 ** 2, host_cpus=4))
+    for iface in root.iterfind("devices/interface"):
+        assert [f.get("filter") for f in iface.iterfind("filterref")] == ["clean-traffic"]
+
+
+def test_clone_of_an_admins_tuned_vm_is_refused_for_a_student(tmp_path):
+    vm_uuid, new_uuid = str(uuidlib.uuid4()), str(uuidlib.uuid4())
+    xml = default_domain(vm_uuid, "tuned").replace("<vcpu", "<memtune><hard_limit>1048576</hard_limit></memtune><vcpu")
+    clone = clone_domain(xml, uuid=new_uuid, name="copy", path_map={})
+    ctx = PolicyContext(uuid=new_uuid, name="copy", vm_folder=tmp_path)
+    with pytest.raises(PolicyViolation) as err:
+        check_domain(clone, ctx)
+    assert err.value.element == "memtune"
+    check_domain(clone, dataclasses.replace(ctx, owner_is_admin=True))
