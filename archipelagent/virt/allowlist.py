@@ -195,10 +195,22 @@ devices/serial              type=pty|null|vc|spicevmc|spiceport|qemu-vdagent|fil
 devices/parallel            type=pty|null|vc|spicevmc|spiceport|file|pipe|unix|dev tty
 devices/console             type=pty|null|vc|spicevmc|spiceport|qemu-vdagent|file|pipe|unix|dev tty
 devices/channel             type=pty|null|vc|spicevmc|spiceport|qemu-vdagent|file|pipe|unix|dev tty
-devices/*/source            path mode=bind|connect append=on|off channel
-devices/*/target            type port name state=connected|disconnected
-devices/*/target/model      name
-devices/*/log               file append=on|off
+devices/serial/source       path mode=bind|connect append=on|off channel
+devices/serial/target       type port name state=connected|disconnected
+devices/serial/target/model name
+devices/serial/log          file append=on|off
+devices/parallel/source     path mode=bind|connect append=on|off channel
+devices/parallel/target     type port name state=connected|disconnected
+devices/parallel/target/modelname
+devices/parallel/log        file append=on|off
+devices/console/source      path mode=bind|connect append=on|off channel
+devices/console/target      type port name state=connected|disconnected
+devices/console/target/modelname
+devices/console/log         file append=on|off
+devices/channel/source      path mode=bind|connect append=on|off channel
+devices/channel/target      type port name state=connected|disconnected
+devices/channel/target/modelname
+devices/channel/log         file append=on|off
 # input and consoles
 devices/input               type=tablet|mouse|keyboard|passthrough|evdev bus=usb|ps2|virtio|xen model
 devices/input/source        evdev dev grab grabToggle repeat
@@ -307,12 +319,14 @@ def schema_path(el: etree._Element) -> str:
 
 
 def _candidates(path: str) -> Iterator[str]:
+    """The exact path, then its wildcard form: ``devices/*/address`` (any device),
+    ``features/hyperv/*`` (any Hyper-V or KVM enlightenment)."""
     yield path
     parts = path.split("/")
-    if len(parts) >= 3 and parts[0] in ("devices", "features"):
-        yield "/".join([parts[0], "*", *parts[2:]])
-    if len(parts) >= 3 and parts[0] == "features":
-        yield "/".join(parts[:2] + ["*"] + parts[3:])
+    if len(parts) == 3 and parts[0] == "devices":
+        yield f"devices/*/{parts[2]}"
+    if len(parts) == 3 and parts[0] == "features":
+        yield f"features/{parts[1]}/*"
 
 
 def lookup(el: etree._Element) -> tuple[str, Spec | None]:
