@@ -507,3 +507,17 @@ def test_absent_policy_keys_mean_no_network_and_host_capacity(tmp_path):
 def test_vm_policy_bad_values(tmp_path, key, value):
     error = expect_error(with_value(tmp_path, "VIRTUALMACHINE", key, value), "VIRTUALMACHINE", key)
     assert "expected" in error.reason
+
+
+def test_shipped_config_gives_the_policy_no_network(tmp_path):
+    """The shipped config (and the demo, which uses it) lets no VM interface onto any network."""
+    from archipelagent.virt.policy import PolicyContext, PolicyViolation, check_domain
+    vm = load_config(with_value(tmp_path, "LOGGING", "logging_file_path", "")).vm
+    uuid = "0b7e1c2a-3d4f-4a5b-8c6d-7e8f9a0b1c2d"
+    ctx = PolicyContext(uuid=uuid, name="vm", vm_folder=tmp_path, allowed_networks=vm.allowed_networks,
+                        allowed_bridges=vm.allowed_bridges)
+    xml = (f"<domain type='kvm'><uuid>{uuid}</uuid><memory unit='MiB'>128</memory><os><type>hvm</type></os>"
+           "<devices><interface type='network'><source network='default'/></interface></devices></domain>")
+    with pytest.raises(PolicyViolation) as err:
+        check_domain(xml, ctx)
+    assert (err.value.element, err.value.reason) == ("devices/interface/source", "network 'default' is not allowed")
