@@ -52,8 +52,8 @@ maxMemory                   unit slots
 vcpu                        placement=static|auto current cpuset!
 vcpus
 vcpus/vcpu                  id enabled hotpluggable order
-iothreads
-iothreadids
+iothreads                   [admin]
+iothreadids                 [admin]
 iothreadids/iothread        id
 # ---------------------------------------------------------------- host tuning: admins only
 memtune                     [admin] [subtree]
@@ -174,7 +174,7 @@ devices/controller/target   chassisNr chassis port busNr index hotplug=on|off
 devices/controller/driver   queues cmd_per_lun max_sectors ioeventfd=on|off iothread
 devices/controller/master   startport
 # network: libvirt networks and allowed bridges; clean-traffic for non-admins (policy._check_interface)
-devices/interface           type=network|bridge|hostdev trustGuestRxFilters=no managed=yes|no
+devices/interface           type=network|bridge|hostdev trustGuestRxFilters=no
 devices/interface/mac       address
 devices/interface/source    network bridge portgroup
 devices/interface/model     type
@@ -188,7 +188,7 @@ devices/interface/rom       bar=on|off enabled=yes|no file
 devices/interface/filterref filter
 devices/interface/filterref/parameter [admin] name value
 devices/interface/bandwidth
-devices/interface/bandwidth/inbound average peak burst floor
+devices/interface/bandwidth/inbound average peak burst floor!
 devices/interface/bandwidth/outbound average peak burst
 # character devices: nothing on the host, or a file/socket in the VM folder (never tcp/udp)
 devices/serial              type=pty|null|vc|spicevmc|spiceport|qemu-vdagent|file|pipe|unix|dev tty
@@ -228,7 +228,7 @@ devices/graphics/filetransfer enable=yes|no
 devices/graphics/gl         enable=yes|no rendernode
 devices/video
 devices/video/model         type=vga|cirrus|qxl|virtio|bochs|ramfb|none vram ram vgamem vram64 heads primary=yes|no
-devices/video/model/acceleration accel3d=yes|no accel2d=yes|no
+devices/video/model/acceleration accel3d=no accel2d=yes|no
 devices/video/driver        name=qemu
 devices/sound               model
 devices/sound/codec         type

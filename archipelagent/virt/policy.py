@@ -800,7 +800,7 @@ def _check_graphics(graphics, ctx, judged):
     if listen is None and not listens and graphics.get("socket") is None:
         graphics.set("listen", "127.0.0.1")     # not the host's vnc_listen default
     for gl in graphics.iterchildren("gl"):
-        if gl.get("rendernode"):
+        if gl.get("rendernode") or gl.get("enable") == "yes":    # no node named: the host's default GPU
             _host_device(gl, ctx, judged, "a host render node")
 
 
