@@ -241,3 +241,28 @@ async def test_admins_nic_gets_no_filter_added(agent, admin, stack):
         assert root.find("devices/interface/filterref") is None and root.find("memtune") is not None
     finally:
         await admin.acp(agent.full_jid, HV_NS, "free", {"jid": jid})
+
+
+async def test_students_clone_of_libvirts_own_xml_passes(agent, admin, stack, student):
+    """clone re-checks what libvirt wrote (controllers, addresses, <audio>, <cpu>...) for the
+    student's copy: it passes, and the copy's NIC carries clean-traffic."""
+    await grant(admin, agent.full_jid, student.jid, "clone")
+    jid = await alloc(student, agent.full_jid, unique_name("csrc"))
+    uuid, full = jid.split("@")[0], vm_full(jid, agent.jid)
+    copies = []
+    try:
+        await wait_vm_ready(student, full)
+        name = ET.fromstring(libvirt_xml(stack, uuid)).findtext("name")
+        await student.acp(full, DEFINITION, "define", children=[definition(
+            name, uuid, devices="<interface type='network'><source network='default'/></interface>"
+                                "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>"
+                                "<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>")])
+        reply = await student.acp(agent.full_jid, HV_NS, "clone", {"jid": jid, "name": unique_name("ccopy")})
+        copies.append(reply[0].get("jid"))
+        copy = ET.fromstring(libvirt_xml(stack, copies[0].split("@")[0]))
+        assert [f.get("filter") for f in copy.iter("filterref")] == ["clean-traffic"]
+        assert copy.find("devices/controller") is not None      # libvirt's own additions went through
+    finally:
+        for vm in [jid, *copies]:
+            await admin.acp(agent.full_jid, HV_NS, "free", {"jid": vm})
+        await grant(admin, agent.full_jid, student.jid, "clone", value=False)
