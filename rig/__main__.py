@@ -13,8 +13,9 @@ import sys
 import time
 from pathlib import Path
 
+from .ejabberd import LINK_NOTE, SYSTEM_ROOT
 from .stack import PROFILES, REPO, Stack
-from .util import RigError
+from .util import RigError, pids_matching
 
 log = logging.getLogger("rig")
 
@@ -40,6 +41,26 @@ def cmd_down(args) -> int:
         st = Stack(profile=prof, state_dir=None if args.all else args.state_dir)
         if st.state_dir.is_dir():
             st.stop()
+    return 0
+
+
+def cmd_clean(args) -> int:
+    """Stop every profile of this repo and remove .rig/ and ejabberd's system dirs."""
+    rig = REPO / ".rig"
+    if rig.is_dir():
+        for p in sorted(rig.iterdir()):
+            if p.name in PROFILES:
+                Stack(profile=p.name).purge()
+    # system dirs whose link pointed into this .rig (the link itself may be gone)
+    if SYSTEM_ROOT.is_dir():
+        for d in sorted(SYSTEM_ROOT.glob("ejabberd-*")):
+            try:
+                link = (d / LINK_NOTE).read_text().strip()
+            except OSError:
+                continue
+            if link.startswith(f"{rig}/") and not pids_matching(["beam.smp", "beam"], str(d / "spool")):
+                shutil.rmtree(d, ignore_errors=True)
+    shutil.rmtree(rig, ignore_errors=True)
     return 0
 
 
@@ -138,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     common(p)
     p.add_argument("--all", action="store_true", help="every profile found under .rig/")
     p.set_defaults(fn=cmd_down)
+    p = sub.add_parser("clean", help="stop every profile, remove .rig/ and ejabberd's dirs in "
+                                     f"{SYSTEM_ROOT}/ (make clean-rig)")
+    p.set_defaults(fn=cmd_clean)
     p = sub.add_parser("status", help="PIDs and listening sockets (exit 3 when not fully running)")
     common(p)
     p.set_defaults(fn=cmd_status)

@@ -193,6 +193,14 @@ class Stack:
         if errors:
             raise errors[0]
 
+    def purge(self) -> None:
+        """Stop, then remove every file of this rig: the state dir and ejabberd's
+        system dir (``make clean-rig``)."""
+        self.stop_all_quietly()
+        self.ejabberd.purge()
+        import shutil
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
     def stop_all_quietly(self) -> None:
         for e in self._stop_parallel():
             log.warning("rig[%s]: while stopping: %s", self.profile, e)
