@@ -83,7 +83,7 @@ def _hypervisor_password(agent_dir: Path) -> str:
 
 
 def cmd_demo(args) -> int:
-    st = Stack(profile="demo", state_dir=args.state_dir)
+    st = Stack(profile=args.profile, state_dir=args.state_dir)
     stop_signal: list[int] = []
 
     def on_signal(signum, _frame):
@@ -102,7 +102,8 @@ def cmd_demo(args) -> int:
         conf = st.write_agent_config(agent_dir / "archipel.conf", hypervisor_jid=st.hypervisor_jid,
                                      hypervisor_password=_hypervisor_password(agent_dir), lib_dir=lib,
                                      log_file=agent_dir / "agent.log",
-                                     overrides={"HYPERVISOR": {"hypervisor_name": DEMO_HYPERVISOR_NAME}})
+                                     overrides={"HYPERVISOR": {"hypervisor_name": DEMO_HYPERVISOR_NAME},
+                                                "LDAP": st.agent_ldap_settings()})
         summary = st.write_summary(st.state_dir / "demo.json", hypervisor_jid=st.hypervisor_jid,
                                    hypervisor_full_jid=f"{st.hypervisor_jid}/{DEMO_HYPERVISOR_NAME}",
                                    agent_config=str(conf))
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     common(p)
     p.set_defaults(fn=cmd_status)
     p = sub.add_parser("demo", help="start the demo stack, write the agent config and run the agent")
-    p.add_argument("--state-dir", type=Path, default=None, help="state dir (default .rig/demo)")
+    common(p)
     p.add_argument("--agent-timeout", type=float, default=15.0, help="seconds between SIGTERM and SIGKILL")
     p.set_defaults(fn=cmd_demo)
 
