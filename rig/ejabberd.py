@@ -84,6 +84,8 @@ class Ejabberd:
         any beam.smp whose command line names our spool (pidfile lost)."""
         marker = str(self.spool)
         pids = set(pids_matching(["beam.smp", "beam"], marker))
+        # a beam of an older rig that kept its state in the repo (<state>/ejabberd/spool)
+        pids |= set(pids_matching(["beam.smp", "beam"], f"{self.link}/spool"))
         pid = read_pidfile(self.pidfile)
         if pid and is_alive(pid) and any(marker in a for a in read_cmdline(pid)):
             pids.add(pid)
