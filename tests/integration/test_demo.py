@@ -165,6 +165,21 @@ async def test_readme_examples_work_and_ldap_groups_count_in_the_demo(demo, summ
         await student2.close()
 
 
+async def test_readme_first_steps_work_in_the_demo(demo, summary):
+    """The README's "try it": admin logs in, chats `help`, sends the capabilities IQ as written."""
+    readme = (REPO / "README.md").read_text()
+    iq_to = re.search(r'<iq type="get" to="([^"]+)"', readme).group(1)
+    assert iq_to == summary["hypervisor_full_jid"]
+    assert "`admin@archipel.test` / `adminpw`" in readme
+    admin = await login(summary, "admin")
+    try:
+        caps = await admin.acp(iq_to, HV_NS, "capabilities")
+        assert caps[0].tag.endswith("capabilities")
+        assert "nodeinfo" in await admin.chat(summary["hypervisor_jid"], "help")
+    finally:
+        await admin.close()
+
+
 def test_sigterm_stops_everything_the_demo_started(demo):
     pids = demo.pids()
     assert len(pids) >= 5, pids  # demo, agent, slapd, ejabberd, libvirtd
