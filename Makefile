@@ -19,5 +19,4 @@ unit: bootstrap
 	$(PYTHON_VENV) -m pytest tests/unit
 
 clean-rig:
-	@if [ -d .rig ]; then $(RIG_PY) -m rig down --all; fi
-	rm -rf .rig
+	$(RIG_PY) -m rig clean

@@ -26,7 +26,8 @@ setup(
         "aiosqlite>=0.19",
     ],
     extras_require={
-        "test": ["pytest>=7.4", "pytest-asyncio>=0.23", "pytest-timeout>=2.2"],
+        "test": ["pytest>=7.4", "pytest-asyncio>=0.23", "pytest-timeout>=2.2",
+                 "fusepy>=3.0"],  # tests/integration/hangfs.py (a FUSE mount the tests freeze)
     },
     entry_points={
         "console_scripts": [

@@ -13,8 +13,9 @@ import sys
 import time
 from pathlib import Path
 
+from .ejabberd import LINK_NOTE, SYSTEM_ROOT
 from .stack import PROFILES, REPO, Stack
-from .util import RigError
+from .util import RigError, pids_matching
 
 log = logging.getLogger("rig")
 
@@ -43,6 +44,26 @@ def cmd_down(args) -> int:
     return 0
 
 
+def cmd_clean(args) -> int:
+    """Stop every profile of this repo and remove .rig/ and ejabberd's system dirs."""
+    rig = REPO / ".rig"
+    if rig.is_dir():
+        for p in sorted(rig.iterdir()):
+            if p.name in PROFILES:
+                Stack(profile=p.name).purge()
+    # system dirs whose link pointed into this .rig (the link itself may be gone)
+    if SYSTEM_ROOT.is_dir():
+        for d in sorted(SYSTEM_ROOT.glob("ejabberd-*")):
+            try:
+                link = (d / LINK_NOTE).read_text().strip()
+            except OSError:
+                continue
+            if link.startswith(f"{rig}/") and not pids_matching(["beam.smp", "beam"], str(d / "spool")):
+                shutil.rmtree(d, ignore_errors=True)
+    shutil.rmtree(rig, ignore_errors=True)
+    return 0
+
+
 def cmd_status(args) -> int:
     st = _stack(args)
     status = st.status()
@@ -62,7 +83,7 @@ def _hypervisor_password(agent_dir: Path) -> str:
 
 
 def cmd_demo(args) -> int:
-    st = Stack(profile="demo", state_dir=args.state_dir)
+    st = Stack(profile=args.profile, state_dir=args.state_dir)
     stop_signal: list[int] = []
 
     def on_signal(signum, _frame):
@@ -81,7 +102,8 @@ def cmd_demo(args) -> int:
         conf = st.write_agent_config(agent_dir / "archipel.conf", hypervisor_jid=st.hypervisor_jid,
                                      hypervisor_password=_hypervisor_password(agent_dir), lib_dir=lib,
                                      log_file=agent_dir / "agent.log",
-                                     overrides={"HYPERVISOR": {"hypervisor_name": DEMO_HYPERVISOR_NAME}})
+                                     overrides={"HYPERVISOR": {"hypervisor_name": DEMO_HYPERVISOR_NAME},
+                                                "LDAP": st.agent_ldap_settings()})
         summary = st.write_summary(st.state_dir / "demo.json", hypervisor_jid=st.hypervisor_jid,
                                    hypervisor_full_jid=f"{st.hypervisor_jid}/{DEMO_HYPERVISOR_NAME}",
                                    agent_config=str(conf))
@@ -138,11 +160,14 @@ def main(argv: list[str] | None = None) -> int:
     common(p)
     p.add_argument("--all", action="store_true", help="every profile found under .rig/")
     p.set_defaults(fn=cmd_down)
+    p = sub.add_parser("clean", help="stop every profile, remove .rig/ and ejabberd's dirs in "
+                                     f"{SYSTEM_ROOT}/ (make clean-rig)")
+    p.set_defaults(fn=cmd_clean)
     p = sub.add_parser("status", help="PIDs and listening sockets (exit 3 when not fully running)")
     common(p)
     p.set_defaults(fn=cmd_status)
     p = sub.add_parser("demo", help="start the demo stack, write the agent config and run the agent")
-    p.add_argument("--state-dir", type=Path, default=None, help="state dir (default .rig/demo)")
+    common(p)
     p.add_argument("--agent-timeout", type=float, default=15.0, help="seconds between SIGTERM and SIGKILL")
     p.set_defaults(fn=cmd_demo)
 

@@ -39,6 +39,12 @@ for _i in range(1, 7):
     PROFILES[f"dev{_i}"] = {"c2s_port": 25222 + 100 * _i, "http_port": 25280 + 100 * _i,
                             "ldap_port": 23890 + 100 * _i, "dist_port": 25210 + 100 * _i,
                             "node": f"ejabberd_dev{_i}@localhost"}
+# A twin of each test profile ("test-demo", "devN-demo": ports +50) for the test
+# that runs `python -m rig demo` while the suite's own stack is up.
+for _name in [n for n in PROFILES if n != "demo"]:
+    _p = PROFILES[_name]
+    PROFILES[f"{_name}-demo"] = {**{k: _p[k] + 50 for k in ("c2s_port", "http_port", "ldap_port", "dist_port")},
+                                 "node": _p["node"].replace("@", "_demo@")}
 
 
 class Stack:
@@ -193,6 +199,14 @@ class Stack:
         if errors:
             raise errors[0]
 
+    def purge(self) -> None:
+        """Stop, then remove every file of this rig: the state dir and ejabberd's
+        system dir (``make clean-rig``)."""
+        self.stop_all_quietly()
+        self.ejabberd.purge()
+        import shutil
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
     def stop_all_quietly(self) -> None:
         for e in self._stop_parallel():
             log.warning("rig[%s]: while stopping: %s", self.profile, e)
@@ -299,6 +313,15 @@ class Stack:
         return self.ejabberd.ctl_run(*args, check=check, timeout=timeout)
 
     # ------------------------------------------------------------ agent conf
+    def agent_ldap_settings(self) -> dict[str, str]:
+        """The agent's [LDAP] section for this rig's slapd: group grants, roles
+        given to groups and the ``admins`` group as LDAP admin group work."""
+        return {"ldap_enabled": "true", "ldap_uri": self.ldap_uri, "ldap_bind_dn": self.ldap_bind_dn,
+                "ldap_bind_password": self.ldap_bind_password, "ldap_base_dn": self.ldap_base_dn,
+                "ldap_user_base": f"ou=people,{self.ldap_base_dn}",
+                "ldap_group_base": f"ou=groups,{self.ldap_base_dn}",
+                "ldap_admin_groups": " ".join(g for g, role in _slapd.GROUPS.items() if role == "admin")}
+
     def write_agent_config(self, path: Path | str, *, hypervisor_jid: str = f"hypervisor@{DOMAIN}",
                            hypervisor_password: str, lib_dir: Path | str, log_file: Path | str | None = None,
                            overrides: dict[str, dict[str, str]] | None = None) -> Path:

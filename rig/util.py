@@ -249,10 +249,11 @@ def _decode_addr(hexaddr: str) -> str:
 
 # ------------------------------------------------------------------ commands
 def run(cmd: Sequence[str], *, check: bool = True, timeout: float = 60.0,
-        env: dict[str, str] | None = None, input: str | None = None) -> subprocess.CompletedProcess:
+        env: dict[str, str] | None = None, input: str | None = None,
+        cwd: Path | str | None = None) -> subprocess.CompletedProcess:
     """Run a short command, capturing output (text)."""
     try:
-        cp = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=timeout,
+        cp = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=timeout, cwd=cwd,
                             env=env, input=input, stdin=None if input is not None else subprocess.DEVNULL)
     except subprocess.TimeoutExpired as e:
         raise RigError(f"command timed out after {timeout}s: {' '.join(map(str, cmd))}") from e
@@ -263,7 +264,7 @@ def run(cmd: Sequence[str], *, check: bool = True, timeout: float = 60.0,
 
 
 def spawn_daemon(cmd: Sequence[str], log_path: Path, *, timeout: float = 60.0,
-                 env: dict[str, str] | None = None) -> int:
+                 env: dict[str, str] | None = None, cwd: Path | str | None = None) -> int:
     """Run a command that daemonizes itself (returns when the parent exits).
 
     Output goes to ``log_path`` (never a pipe: a daemon inheriting the pipe
@@ -271,7 +272,8 @@ def spawn_daemon(cmd: Sequence[str], log_path: Path, *, timeout: float = 60.0,
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out:
         p = subprocess.Popen(list(map(str, cmd)), stdin=subprocess.DEVNULL, stdout=out,
-                             stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                             stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                             start_new_session=True)
         try:
             return p.wait(timeout=timeout)
         except subprocess.TimeoutExpired as e:

@@ -28,6 +28,7 @@ elapsed() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'
 # ---------------------------------------------------------------- apt packages
 PACKAGES=(ejabberd slapd ldap-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-config-nwfilter libvirt-clients
           qemu-system-x86 qemu-utils libvirt-dev pkg-config iptables dnsmasq-base openssl curl
+          fuse libfuse2  # tests/integration/hangfs.py: a FUSE mount the hung-storage test freezes
           pacemaker-cli-utils corosync crmsh drbd-utils)  # HA kit's offline validators (never started)
 
 is_installed() {

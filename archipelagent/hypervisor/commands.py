@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 from ..commands import Arg, CommandSet, element
 from ..commands.payload import local_name
 from ..errors import MissingArgument, Unavailable
-from .address import resolve_machine_ip
+from .address import machine_address
 
 NS = "archipel:hypervisor:control"
 
@@ -40,7 +40,7 @@ async def nodeinfo(ctx):
 async def ip(ctx):
     cfg = ctx.agent.config
     try:
-        address = resolve_machine_ip(cfg.machine_ip, cfg.xmpp.host)
+        address = await machine_address(cfg.machine_ip, cfg.xmpp.host)
     except OSError as exc:
         raise Unavailable(f"cannot determine the address from machine_ip={cfg.machine_ip!r}: {exc}") from None
     return [element("ip", text=address)]

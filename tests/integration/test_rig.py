@@ -309,3 +309,50 @@ def test_summary(stack):
         assert key in s
     assert {u["role"] for u in s["users"]} == {"admin", "teacher", "student", "stranger"}
     assert Path(s["ca_file"]).read_text().startswith("-----BEGIN CERTIFICATE-----")
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_ejabberd_starts_from_a_state_dir_its_user_cannot_traverse(stack, tmp_path):
+    """A clone under /root (mode 0700): ejabberd runs as user ``ejabberd`` and
+    cannot reach the repo's .rig, so its state must live elsewhere."""
+    import os
+    import stat
+
+    from rig.certs import CertAuthority
+    from rig.ejabberd import SYSTEM_ROOT, Ejabberd
+
+    home = tmp_path / "root"
+    home.mkdir()
+    os.chmod(home, 0o700)
+    state = home / "archipel" / ".rig" / "dev"
+    certs = CertAuthority(state / "ca", stack.domain)
+    certs.ensure()
+    c2s, http, dist = _free_ports(3)
+    ej = Ejabberd(state / "ejabberd", domain=stack.domain, pubsub_domain=stack.pubsub_domain,
+                  c2s_port=c2s, http_port=http, dist_port=dist, node=f"ejabberd_{unique('t')}@localhost",
+                  ldap={"port": stack.ldap_port, "rootdn": stack.ldap_bind_dn, "password": stack.ldap_bind_password,
+                        "people_base": f"ou=people,{stack.ldap_base_dn}"},
+                  admin_jid=stack.admin_user["jid"], cert_pem_source=certs.server_pem)
+    try:
+        ej.start(fresh=True)
+        assert "started" in str(ej.api("status"))
+        ej.api("register", {"user": "newcomer", "host": stack.domain, "password": "pw"})
+        assert ej.api("check_account", {"user": "newcomer", "host": stack.domain}) == 0
+        assert (state / "ejabberd").is_symlink() and (state / "ejabberd").resolve() == ej.dir
+        assert ej.dir.parent == SYSTEM_ROOT and stat.S_IMODE(SYSTEM_ROOT.stat().st_mode) == 0o755
+        assert ej.dir.stat().st_uid == 0 and ej.ctl.stat().st_uid == 0  # root runs ejctl: ejabberd may not edit it
+        assert stat.S_IMODE(ej.etc.stat().st_mode) == 0o750  # server key + LDAP password
+    finally:
+        ej.purge()
+    assert not ej.pids()
+    assert not ej.dir.exists() and not (state / "ejabberd").exists()
