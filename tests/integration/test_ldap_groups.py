@@ -111,6 +111,7 @@ async def test_teacher_role(agent, admin, people):
         # A role granted to one user (a JID target) instead of a group.
         await set_items(admin, agent, item("role", student.jid, role))
         assert len(await capabilities(student, agent)) == 1
+        await set_items(admin, agent, item("user", student.jid, "presence"))  # getown: for those who see it
         own = await student.acp(agent.full_jid, PERMS_NS, "getown", {"permission_type": "role"})
         assert {el.get("name") for el in own} == {role}
     finally:

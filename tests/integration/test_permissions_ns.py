@@ -59,11 +59,25 @@ async def test_set_without_items_is_missing_argument(agent, admin):
 async def test_getown_only_for_self(agent, admin, new_user):
     user = await new_user()
     other = await new_user()
-    await grant(admin, agent.full_jid, user.jid, "ip")
+    await grant(admin, agent.full_jid, user.jid, "presence", "ip")
     own = await user.acp(agent.full_jid, PERMS_NS, "getown", {"permission_target": user.jid})
-    assert names(own) == {"ip"}
+    assert names(own) == {"presence", "ip"}
     with pytest.raises(AcpError) as err:
         await user.acp(agent.full_jid, PERMS_NS, "getown", {"permission_target": other.jid})
+    assert err.value.is_permission_error
+
+
+async def test_getown_is_checked_against_permission_getown(agent, admin, new_user):
+    """Held by default by those who see the entity (presence); a stranger is refused; revocable."""
+    stranger, viewer = await new_user("gostranger"), await new_user("goviewer")
+    with pytest.raises(AcpError) as err:
+        await stranger.acp(agent.full_jid, PERMS_NS, "getown")
+    assert err.value.is_permission_error and "getown" in err.value.text
+    await grant(admin, agent.full_jid, viewer.jid, "presence")
+    assert names(await viewer.acp(agent.full_jid, PERMS_NS, "getown")) == {"presence"}
+    await grant(admin, agent.full_jid, viewer.jid, "permission_getown", value=False)
+    with pytest.raises(AcpError) as err:
+        await viewer.acp(agent.full_jid, PERMS_NS, "getown")
     assert err.value.is_permission_error
 
 
