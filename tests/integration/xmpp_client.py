@@ -117,11 +117,14 @@ class Client:
         def answer(p):
             return p["from"].bare == entity_jid and p["type"] in ("subscribed", "unsubscribed")
 
-        seen = [p for p in self.presences if answer(p)]
-        if not seen or seen[-1]["type"] != "subscribed":
-            self.presences = [p for p in self.presences if not answer(p)]
-            self.xmpp.send_presence(pto=entity_jid, ptype="subscribe")
-            await self.wait_presence(answer, timeout)
+        await self.xmpp.get_roster(timeout=10)
+        if entity_jid in self.xmpp.client_roster \
+                and self.xmpp.client_roster[entity_jid]["subscription"] in ("to", "both"):
+            return  # already subscribed: ejabberd answers a repeated request with nothing
+        self.presences = [p for p in self.presences if not answer(p)]
+        self.xmpp.send_presence(pto=entity_jid, ptype="subscribe")
+        if (await self.wait_presence(answer, timeout))["type"] != "subscribed":
+            raise AssertionError(f"{entity_jid} refused the presence subscription of {self.xmpp.boundjid.bare}")
 
     async def subscribe_events(self, service: str, entity_jid: str, timeout: float = 15) -> None:
         """Subscribe to an entity's events node as Archipel's client does: its presence first
