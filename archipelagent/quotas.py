@@ -338,16 +338,6 @@ class QuotaCenter:
         await self.check(user, Usage(disk=max(0, int(extra_bytes))), sender=sender)
 
 
-def quota_center(agent: "Agent") -> QuotaCenter:
-    """The agent's quota center, built once in its wiring (``Agent.quotas``)."""
-    return agent.quotas
-
-
-async def check_disk(agent: "Agent", user: str, extra_bytes: int, *, sender: str | None = None) -> None:
-    """Module-level shortcut of :meth:`QuotaCenter.check_disk`."""
-    await quota_center(agent).check_disk(user, extra_bytes, sender=sender)
-
-
 # ---------------------------------------------------------------- commands
 commands = CommandSet()
 
@@ -481,7 +471,7 @@ def _render_usage(payload) -> str:
     help="your usage and effective limits (another user's, or all, needs quota_usage)",
 )
 async def usage(ctx, target, all):  # noqa: A002 - the wire attribute's name
-    center = quota_center(ctx.agent)
+    center = ctx.agent.quotas
     user = _target(USER, target) if target else ctx.sender_bare
     if all or user != ctx.sender_bare:
         await ctx.agent.permissions.require(ctx.entity.jid, ctx.entity.kind, ctx.sender_bare, "quota_usage",

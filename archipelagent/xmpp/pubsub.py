@@ -88,7 +88,7 @@ async def ensure_node(xmpp, service: str, node: str, config: dict[str, str]) -> 
     if not owned:
         owners = await node_owners(xmpp, service, node)
         log.error("pubsub node %s on %s is owned by %s, not by %s: refusing to use it "
-                  "(no pushes until an administrator deletes it)", node, service,
+                  "(an administrator must delete it)", node, service,
                   ", ".join(owners) or "someone else", me)
         return False
     try:

@@ -113,3 +113,36 @@ async def test_users_keep_their_own_pep_nodes(agent, new_user):
     user = await new_user("pep")
     await user.xmpp.plugin["xep_0060"].publish(user.jid, "urn:example:probe", id="current",
                                                payload=ET.Element("{urn:example:probe}x"), timeout=10)
+
+
+async def test_an_entity_reconfigures_its_own_open_node(stack, new_user):
+    """A node the entity owns but that an older agent created ``open`` is made ``presence``."""
+    hv = f"hv-reconf-{uuidlib.uuid4().hex[:6]}"
+    hv_jid, password = f"{hv}@{stack.domain}", uuidlib.uuid4().hex
+    node = f"/archipel/{hv_jid}/events"
+    stack.register_user(hv, password)
+    old_agent = await client_for(stack, hv_jid, password, "old-agent").connect()
+    await create_node(old_agent, stack, node)  # access model open
+    await old_agent.close()
+    lib_dir = stack.state_dir / "agent-reconf"
+    shutil.rmtree(lib_dir, ignore_errors=True)
+    lib_dir.mkdir(parents=True)
+    conf = write_config(stack, lib_dir, {"HYPERVISOR": {"hypervisor_xmpp_jid": hv_jid, "hypervisor_name": hv}},
+                        password=password)
+    process = AgentProcess(conf, lib_dir / "agent.out")
+    handle = AgentHandle(stack, process, hv_jid, lib_dir)
+    handle.full_jid = f"{hv_jid}/{hv}"
+    user = stack.admin_user
+    admin = await client_for(stack, user["jid"], user["password"], "reconf-test").connect()
+    stranger = await new_user("reconfstranger")
+    try:
+        process.start()
+        await handle.wait_ready(admin)
+        await admin.subscribe_events(stack.pubsub_domain, hv_jid)  # the entity uses its node
+        with pytest.raises(IqError) as err:
+            await stranger.xmpp.plugin["xep_0060"].subscribe(stack.pubsub_domain, node, timeout=10)
+        assert err.value.condition == "not-authorized", err.value.condition
+        assert f"{node} on {stack.pubsub_domain} is owned" not in process.log_path.read_text()
+    finally:
+        process.stop()
+        await admin.close()
