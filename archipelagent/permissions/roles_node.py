@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 import xml.etree.ElementTree as ET
 
 from slixmpp.exceptions import IqError, IqTimeout
@@ -42,11 +43,14 @@ def role_item(role) -> ET.Element:
     return el
 
 
+_LOCKS: "weakref.WeakKeyDictionary[object, asyncio.Lock]" = weakref.WeakKeyDictionary()
+
+
 def _lock(entity) -> asyncio.Lock:
-    lock = getattr(entity, "_roles_node_lock", None)
+    """One publication at a time per hypervisor entity (kept here, not planted on the entity)."""
+    lock = _LOCKS.get(entity)
     if lock is None:
-        lock = asyncio.Lock()
-        entity._roles_node_lock = lock
+        lock = _LOCKS[entity] = asyncio.Lock()
     return lock
 
 
