@@ -23,7 +23,7 @@ from .permissions import Permission, PermissionCenter, PermissionStore
 from .permissions.commands import commands as permission_commands
 from .virt.connection import LibvirtConnection
 from .vm.commands import commands as vm_commands
-from .quotas import EXTRA_PERMISSIONS as quota_permissions, commands as quota_commands
+from .quotas import EXTRA_PERMISSIONS as quota_permissions, QuotaCenter, commands as quota_commands
 from .subscriptions import commands as subscription_commands
 from .storage.health import StorageHealth, StorageSettings, commands as storage_commands
 
@@ -73,6 +73,7 @@ class Agent:
         self.fs = StorageIO()  # every file system call on the shared storage (fsio.py): threads + timeout
         self.hypervisor: HypervisorEntity | None = None
         self.vms = VMManager(self)
+        self.quotas = QuotaCenter(self)  # every quota check and the per-owner locks (quotas.py)
         self.storage_settings = StorageSettings.from_config(config)  # ConfigError on a bad [STORAGE] key
         self.storage_health: StorageHealth | None = None  # see storage/health.py
         self._tasks: set[asyncio.Task] = set()

@@ -396,3 +396,14 @@ def record_request(entity, *, sender: Any, transport: str, namespace: str | None
     except Exception:  # noqa: BLE001
         log.exception("audit: cannot record %s %s", namespace, action)
 
+
+
+SUBSCRIPTION = ("presence", "subscribe")  # transport and action of a subscription decision's row
+
+
+def record_subscription(entity, sender: Any, error: BaseException | None, *, started: float | None = None) -> None:
+    """Audit an inbound presence subscription: accepted (``ok``), refused (``denied``), or left
+    pending because the decision could not be made (e.g. ``error:-48``, LDAP unreachable)."""
+    transport, action = SUBSCRIPTION
+    record_request(entity, sender=sender, transport=transport, namespace="", action=action,
+                   error=error, started=started)

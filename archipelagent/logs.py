@@ -7,7 +7,11 @@ import re
 from pathlib import Path
 
 SECRET_PATTERNS = [
-    re.compile(r"(<password>)[^<]*(</password>)"),
+    # XEP-0077 registration and password change: <password>secret</password>
+    re.compile(r"(<(?:\w+:)?password\b[^>]*>)[^<]*(</(?:\w+:)?password>)"),
+    # SASL (slixmpp logs every stanza at debug): the base64 of PLAIN is the password,
+    # and SCRAM's client messages carry the proof; challenges/success carry none.
+    re.compile(r"(<(?:\w+:)?(?:auth|response)\b[^>]*>)[^<]*(</(?:\w+:)?(?:auth|response)>)"),
     re.compile(r"((?:password|passwd|secret)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+", re.IGNORECASE),
 ]
 
@@ -28,13 +32,25 @@ class SlixmppNoiseFilter(logging.Filter):
 
 
 class RedactingFilter(logging.Filter):
-    """Rewrites records so that no password reaches a handler (slixmpp logs raw stanzas at debug)."""
+    """Rewrites records so that no password reaches a handler: the message (slixmpp
+    logs raw stanzas at debug), and the traceback and stack of an exception, which
+    can quote a stanza, a command line or a definition."""
+
+    _formatter = logging.Formatter()
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         cleaned = redact(message)
         if cleaned != message:
             record.msg, record.args = cleaned, ()
+        if record.exc_info and not record.exc_text:
+            # what Formatter.format would cache and print: format it here, redacted
+            record.exc_text = self._formatter.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+            record.exc_info = None  # a handler formats exc_text; nothing re-formats the raw exception
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
         return True
 
 
@@ -53,5 +69,8 @@ def setup_logging(level: str, file_path: Path | None, max_bytes: int, backup_cou
         handler.addFilter(SlixmppNoiseFilter())
         root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper()))
+    # aiosqlite logs every statement with its parameters at debug: VM passwords
+    # (state.py) are parameters, which no pattern can recognise.  Never below INFO.
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)
     if level.lower() != "debug":
         logging.getLogger("slixmpp").setLevel(logging.WARNING)

@@ -23,6 +23,13 @@
   over a quota an admin lowered afterwards.  The usage counted is the owner's
   (the person who pays), whoever sends the request.  Admins (root admins and
   ``ldap_admin_groups``) are never limited, neither as owners nor as senders.
+* **One change per owner at a time.**  A check reads the owner's usage, the
+  change then makes it grow: two requests of one owner that each fit alone
+  must not both pass.  :meth:`QuotaCenter.reserve` is an async lock per owner
+  that the callers hold across the check *and* the change it guards (alloc,
+  clone, define, memory, setvcpus, disk create/resize/convert).
+* The agent builds its one :class:`QuotaCenter` in its wiring
+  (``Agent.quotas``): every check runs from the first request on.
 
 ``archipel:quota`` on the hypervisor: ``set`` / ``get`` (permissions
 ``quota_set`` / ``quota_get``) and ``usage`` (``quota_usage``, except that
@@ -31,6 +38,7 @@ anyone may read their own usage).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -192,12 +200,43 @@ def parse_xml(xml: str):
                             etree.XMLParser(resolve_entities=False, no_network=True))
 
 
+def owner_of(entity, sender: str | None = None) -> str | None:
+    """Who pays for ``entity`` (a VM entity): its owner, else the sender."""
+    record = getattr(entity, "record", None)
+    return (record.owner if record is not None else None) or sender
+
+
 # ------------------------------------------------------------------ center
 class QuotaCenter:
-    """Usage of users and the quota checks; stateless (limits are read from the store each time)."""
+    """Usage of users and the quota checks (limits are read from the store each time),
+    and the per-owner locks that make a check and its change one step."""
 
     def __init__(self, agent: "Agent"):
         self.agent = agent
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._holders: dict[str, int] = {}
+
+    @contextlib.asynccontextmanager
+    async def reserve(self, owner: str | None):
+        """Hold ``owner``'s quota lock: checks and changes of one owner run one after another.
+
+        ``None`` (no owner to charge) holds nothing.  Not reentrant: a caller
+        holding it must not call code that takes it again.
+        """
+        if not owner:
+            yield
+            return
+        key = bare(owner)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        self._holders[key] = self._holders.get(key, 0) + 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._holders[key] -= 1
+            if not self._holders[key]:  # nobody holds or waits: forget the lock
+                del self._holders[key]
+                self._locks.pop(key, None)
 
     @property
     def store(self):
@@ -297,20 +336,6 @@ class QuotaCenter:
     async def check_disk(self, user: str, extra_bytes: int, *, sender: str | None = None) -> None:
         """For disk creation: may ``user`` (the VM's owner) use ``extra_bytes`` more on disk?"""
         await self.check(user, Usage(disk=max(0, int(extra_bytes))), sender=sender)
-
-
-def quota_center(agent: "Agent") -> QuotaCenter:
-    """The agent's quota center (created on first use; it holds no state of its own)."""
-    center = getattr(agent, "quotas", None)
-    if center is None:
-        center = QuotaCenter(agent)
-        agent.quotas = center
-    return center
-
-
-async def check_disk(agent: "Agent", user: str, extra_bytes: int, *, sender: str | None = None) -> None:
-    """Module-level shortcut of :meth:`QuotaCenter.check_disk`."""
-    await quota_center(agent).check_disk(user, extra_bytes, sender=sender)
 
 
 # ---------------------------------------------------------------- commands
@@ -446,7 +471,7 @@ def _render_usage(payload) -> str:
     help="your usage and effective limits (another user's, or all, needs quota_usage)",
 )
 async def usage(ctx, target, all):  # noqa: A002 - the wire attribute's name
-    center = quota_center(ctx.agent)
+    center = ctx.agent.quotas
     user = _target(USER, target) if target else ctx.sender_bare
     if all or user != ctx.sender_bare:
         await ctx.agent.permissions.require(ctx.entity.jid, ctx.entity.kind, ctx.sender_bare, "quota_usage",

@@ -36,6 +36,7 @@ import libvirt
 from archipelagent.commands import Arg, CommandSet, element
 from archipelagent.config import ConfigError
 from archipelagent.errors import ArchipelError, Conflict, InvalidArgument, NotFound
+from archipelagent.quotas import owner_of
 
 log = logging.getLogger(__name__)
 
@@ -412,20 +413,16 @@ async def require_writable(agent, action: str) -> None:
         await _maybe_await(hook(action))
 
 
+def quota_lock(ctx):
+    """The VM owner's quota lock (quotas.py), held across a disk's quota check and its creation."""
+    return ctx.agent.quotas.reserve(owner_of(ctx.entity, ctx.sender_bare))
+
+
 async def check_quota(ctx, extra_bytes: int) -> None:
-    """The quota hook, when present: the disk space counts against the VM's owner."""
-    quotas = getattr(ctx.agent, "quotas", None)
-    hook = getattr(quotas, "check_disk", None)
-    if hook is None or extra_bytes <= 0:
-        return
-    record = getattr(ctx.entity, "record", None)
-    user = (getattr(record, "owner", "") or ctx.sender_bare)
-    try:
-        takes_sender = "sender" in inspect.signature(hook).parameters
-    except (TypeError, ValueError):
-        takes_sender = False
-    kwargs = {"sender": ctx.sender_bare} if takes_sender else {}  # an admin sender is not limited
-    await _maybe_await(hook(user, extra_bytes, **kwargs))
+    """The disk space counts against the VM's owner (an admin sender is not limited)."""
+    if extra_bytes > 0:
+        await ctx.agent.quotas.check_disk(owner_of(ctx.entity, ctx.sender_bare), extra_bytes,
+                                          sender=ctx.sender_bare)
 
 
 # ---------------------------------------------------------- domain helpers
@@ -678,7 +675,7 @@ async def create(ctx, name, size, unit, format, preallocation, golden):
     if backing_info is not None and nbytes < int(backing_info.get("virtual-size") or 0):
         raise InvalidArgument("size", f"smaller than the golden image ({human_size(int(backing_info['virtual-size']))})")
     await require_writable(ctx.agent, "create a disk")
-    async with svc.lock(uuid):
+    async with svc.lock(uuid), quota_lock(ctx):  # quota check + change as one step
         folder = svc.folder(uuid)
         await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
         real_folder = svc.real_folder(uuid)
@@ -803,7 +800,7 @@ async def resize(ctx, name, size, unit):
     path = confined_file(svc.real_folder(uuid), name)
     nbytes = parse_size(size, unit, maximum=svc.cfg.max_disk_bytes)
     await require_writable(ctx.agent, "resize a disk")
-    async with svc.lock(uuid):
+    async with svc.lock(uuid), quota_lock(ctx):  # quota check + change as one step
         if not path.is_file():
             raise NotFound(f"no disk '{path.name}' in this VM's folder")
         svc.require_idle(path)
@@ -852,7 +849,7 @@ async def convert(ctx, name, path, format, keep):
     target_name = validate_name(src.stem + SUFFIX[format], "name")
     target = confined_file(folder, target_name)
     await require_writable(ctx.agent, "convert a disk")
-    async with svc.lock(uuid):
+    async with svc.lock(uuid), quota_lock(ctx):  # quota check + change as one step
         if not src.is_file():
             raise NotFound(f"no disk '{src.name}' in this VM's folder")
         svc.require_idle(src, target)

@@ -64,7 +64,12 @@ class ChatTransport:
         perms = entity.agent.permissions
         sender_bare = bare_jid(sender)
         started = time.perf_counter()
-        if not await perms.check(entity.jid, entity.kind, sender_bare, "message"):
+        try:
+            may_talk = await perms.check(entity.jid, entity.kind, sender_bare, "message")
+        except ArchipelError as exc:  # LDAP unreachable: refused, and audited as such (error:-48)
+            self._audit_refusal(sender, body, exc, started)
+            raise
+        if not may_talk:
             self._audit_refusal(sender, body, PermissionDenied("message"), started)
             return NOT_ALLOWED
         if body.lower() in ("help", "?", "commands"):

@@ -21,7 +21,7 @@ import libvirt
 
 from ..commands.payload import local_name
 from ..errors import Conflict, InvalidArgument, LibvirtFailure, NotFound, Unavailable
-from ..quotas import parse_xml, quota_center
+from ..quotas import owner_of, parse_xml
 from ..state import VMRecord, VMStore, new_password, now_iso
 from ..storage.health import require_writable
 from ..virt import domainxml
@@ -226,7 +226,7 @@ class VMManager:
     # --------------------------------------------------------------- alloc
     async def alloc(self, requester: str, *, name: str | None, orginfo: dict[str, str], definition: ET.Element | None) -> VMEntity:
         require_writable(self.agent, "alloc")
-        async with self._lock:
+        async with self._lock, self.agent.quotas.reserve(requester):  # quota check + define as one step
             uuid = str(uuidlib.uuid4())
             if name:
                 validate_name(name)
@@ -239,7 +239,7 @@ class VMManager:
                 xml = _serialise(await self.checked_definition(plain_xml(definition), uuid, name, requester))
             else:
                 xml = domainxml.default_domain(uuid, name, domain_type=await self._domain_type())
-            await quota_center(self.agent).check_new(requester, parse_xml(xml), sender=requester)  # quotas.py
+            await self.agent.quotas.check_new(requester, parse_xml(xml), sender=requester)  # quotas.py
             await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
             await self.agent.libvirt.call("defineXML", xml)
             record = VMRecord(uuid=uuid, jid=self.jid_for(uuid), password=new_password(self.agent.config.vm.password_size),
@@ -303,12 +303,12 @@ class VMManager:
         if state not in (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_CRASHED):
             raise Conflict(f"the source VM '{src.name}' must be shut off to be cloned")
         xml = await self.agent.libvirt.call(dom.XMLDesc, libvirt.VIR_DOMAIN_XML_INACTIVE)
-        async with self._lock:
+        async with self._lock, self.agent.quotas.reserve(requester):  # quota check + copy as one step
             uuid = str(uuidlib.uuid4())
             name = validate_name(name) if name else f"{src.name}-clone"
             if await self._name_taken(name):
                 raise Conflict(f"a virtual machine named '{name}' already exists")
-            await quota_center(self.agent).check_clone(requester, src, sender=requester)  # quotas.py
+            await self.agent.quotas.check_clone(requester, src, sender=requester)  # quotas.py
             src_folder, new_folder = self.folder(src.uuid), self.folder(uuid)
             await asyncio.to_thread(new_folder.mkdir, parents=True, exist_ok=True)
             files = await asyncio.to_thread(lambda: sorted(p for p in src_folder.iterdir() if p.is_file()) if src_folder.exists() else [])
@@ -347,8 +347,9 @@ class VMManager:
     async def define(self, entity: VMEntity, definition: ET.Element, sender: str | None = None) -> None:
         require_writable(self.agent, "define")
         root = await self.checked_definition(plain_xml(definition), entity.uuid, entity.name, entity.record.owner)
-        await quota_center(self.agent).check_define(entity, root, sender=sender)  # quotas.py
-        await self.agent.libvirt.call("defineXML", _serialise(root))
+        async with self.agent.quotas.reserve(owner_of(entity, sender)):  # quotas.py: check + define as one step
+            await self.agent.quotas.check_define(entity, root, sender=sender)
+            await self.agent.libvirt.call("defineXML", _serialise(root))
 
     # ------------------------------------------------------ manage/unmanage
     async def manage(self, requester: str, uuids: list[str]) -> list[str]:

@@ -49,6 +49,8 @@ class Permission:
     name: str
     description: str
     default: bool = False
+    # Held by default by whoever holds one of these (an explicit row still decides).
+    implied_by: tuple[str, ...] = ()
 
 
 # Every core permission defaults to False.  Archipel defaulted permission_get to
@@ -59,7 +61,9 @@ CORE_PERMISSIONS: tuple[Permission, ...] = (
     Permission("presence", "See the entity's presence (roster subscription)"),
     Permission("message", "Send chat commands to the entity"),
     Permission("permission_get", "List the permissions of any user on the entity"),
-    Permission("permission_getown", "List one's own permissions on the entity"),
+    # Reading one's own rights is for those who see the entity (``presence``), not strangers.
+    Permission("permission_getown", "List one's own permissions on the entity (default: holders of presence)",
+               implied_by=("presence",)),
     Permission("permission_list", "List the permissions that exist on the entity"),
     Permission("permission_set", "Grant and revoke permissions of any user on the entity"),
     Permission("permission_setown",
@@ -78,7 +82,8 @@ class GroupDirectory(Protocol):
 
 
 def _decide(declared: Permission | None, permission: str, rows: EntityRows,
-            role_perms: Mapping[str, frozenset[str]], groups: frozenset[str]) -> bool:
+            role_perms: Mapping[str, frozenset[str]], groups: frozenset[str],
+            implied: Iterable[Permission] = ()) -> bool:
     """Steps 2-6 of the check order for a user in ``groups`` (admins are handled before)."""
     group_rows = [rows.groups[group] for group in groups if group in rows.groups]
     group_roles = set()
@@ -101,7 +106,7 @@ def _decide(declared: Permission | None, permission: str, rows: EntityRows,
         return True
     if any(row.get(permission) is True for row in group_rows) or in_roles(group_roles, permission):
         return True
-    return declared.default
+    return declared.default or any(_decide(other, other.name, rows, role_perms, groups) for other in implied)
 
 
 class PermissionCenter:
@@ -182,12 +187,18 @@ class PermissionCenter:
             return True
         rows, role_perms = await self._rows(entity, user)
         declared = self.lookup(kind, permission)
-        if _decide(declared, permission, rows, role_perms, frozenset()):
+        implied = self._implied(kind, declared)
+        if _decide(declared, permission, rows, role_perms, frozenset(), implied):
             return True  # groups only add rights: no need to ask LDAP
         if await self.is_admin(user):
             return True
         groups = await self._groups_for(user, rows)
-        return bool(groups) and _decide(declared, permission, rows, role_perms, groups)
+        return bool(groups) and _decide(declared, permission, rows, role_perms, groups, implied)
+
+    def _implied(self, kind: str, declared: Permission | None) -> list[Permission]:
+        if declared is None:
+            return []
+        return [p for p in (self.lookup(kind, name) for name in declared.implied_by) if p is not None]
 
     async def require(self, entity: str, kind: str, user: str, permission: str,
                       action: str | None = None) -> None:
@@ -201,7 +212,8 @@ class PermissionCenter:
         if self.is_root_admin(user):
             return names
         rows, role_perms = await self._rows(entity, user)
-        held = {p.name for p in catalogue if _decide(p, p.name, rows, role_perms, frozenset())}
+        held = {p.name for p in catalogue
+                if _decide(p, p.name, rows, role_perms, frozenset(), self._implied(kind, p))}
         if held == names:
             return names
         if await self.is_admin(user):
@@ -209,7 +221,7 @@ class PermissionCenter:
         groups = await self._groups_for(user, rows)
         if not groups:
             return held
-        return {p.name for p in catalogue if _decide(p, p.name, rows, role_perms, groups)}
+        return {p.name for p in catalogue if _decide(p, p.name, rows, role_perms, groups, self._implied(kind, p))}
 
     async def own_effective(self, entity: str, kind: str, user: str) -> set[str]:
         """What ``user`` holds by their own user rows and defaults (no groups, no roles)."""
@@ -220,7 +232,8 @@ class PermissionCenter:
         if grants.get(ALL) is True:
             return {permission.name for permission in catalogue}
         return {permission.name for permission in catalogue
-                if grants.get(permission.name, permission.default)}
+                if grants.get(permission.name, permission.default
+                              or any(grants.get(other) is True for other in permission.implied_by))}
 
     async def explicit(self, entity: str, target: str, target_type: str = USER) -> dict[str, bool]:
         """The explicit rows of ``target`` on ``entity`` (what ``get`` reports).
@@ -255,7 +268,7 @@ class PermissionCenter:
             return
         if target_type != USER:
             raise ValueError(f"unknown target type {target_type!r}")
-        if value or declared.default:
+        if value or declared.default or declared.implied_by:
             await self.store.set_grant(entity, target, permission, bool(value))
         else:
             # False is what a missing row means already: keep the table small.

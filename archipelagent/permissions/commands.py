@@ -154,8 +154,9 @@ async def get_permissions(ctx, permission_target, permission_type):
 
 
 @commands.command(
-    NS, "getown", permission=None, args=OWN_TARGET_ARGS, chat=("my permissions",),
-    help="your own explicit grants, or with permission_type=role your own roles (the target must be you)",
+    NS, "getown", permission="permission_getown", args=OWN_TARGET_ARGS, chat=("my permissions",),
+    help="your own explicit grants, or with permission_type=role your own roles (the target must be you; "
+         "held by default by those who see the entity)",
 )
 async def get_own_permissions(ctx, permission_target, permission_type):
     permission_target = permission_target or ctx.sender_bare

@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 import xml.etree.ElementTree as ET
 
 from slixmpp.exceptions import IqError, IqTimeout
 
+from ..xmpp.pubsub import ensure_node
+
 log = logging.getLogger(__name__)
 
 ROLES_NODE = "/archipel/roles"
+# Readable by those who see the hypervisor (its presence); only the hypervisor publishes.
 NODE_CONFIG = {
-    "pubsub#access_model": "open",
+    "pubsub#access_model": "presence",
     "pubsub#publish_model": "publishers",
     "pubsub#deliver_notifications": "1",
     "pubsub#deliver_payloads": "1",
@@ -39,26 +43,15 @@ def role_item(role) -> ET.Element:
     return el
 
 
+_LOCKS: "weakref.WeakKeyDictionary[object, asyncio.Lock]" = weakref.WeakKeyDictionary()
+
+
 def _lock(entity) -> asyncio.Lock:
-    lock = getattr(entity, "_roles_node_lock", None)
+    """One publication at a time per hypervisor entity (kept here, not planted on the entity)."""
+    lock = _LOCKS.get(entity)
     if lock is None:
-        lock = asyncio.Lock()
-        entity._roles_node_lock = lock
+        lock = _LOCKS[entity] = asyncio.Lock()
     return lock
-
-
-async def _ensure_node(pubsub, service: str, form) -> bool:
-    try:
-        await pubsub.create_node(service, ROLES_NODE, config=form, timeout=TIMEOUT)
-        log.debug("created pubsub node %s", ROLES_NODE)
-    except IqError as exc:
-        if exc.condition != "conflict":
-            log.warning("cannot create pubsub node %s: %s", ROLES_NODE, exc.condition)
-            return False
-    except IqTimeout:
-        log.warning("timeout creating pubsub node %s", ROLES_NODE)
-        return False
-    return True
 
 
 async def publish_roles(entity) -> bool:
@@ -72,13 +65,8 @@ async def publish_roles(entity) -> bool:
     service = entity.agent.config.pubsub_server
     pubsub = entity.xmpp.plugin["xep_0060"]
     async with _lock(entity):
-        form = entity.xmpp.plugin["xep_0004"].make_form(ftype="submit")
-        form.add_field(var="FORM_TYPE", ftype="hidden",
-                       value="http://jabber.org/protocol/pubsub#node_config")
-        for var, value in NODE_CONFIG.items():
-            form.add_field(var=var, value=value)
-        if not await _ensure_node(pubsub, service, form):
-            return False
+        if not await ensure_node(entity.xmpp, service, ROLES_NODE, NODE_CONFIG):
+            return False  # not ours (logged), or the service refused
         roles = await entity.agent.permissions.roles()
         try:
             existing = await pubsub.get_items(service, ROLES_NODE, timeout=TIMEOUT)

@@ -10,7 +10,7 @@ import libvirt
 
 from ..commands import Arg, CommandSet, element
 from ..errors import ArchipelError, Conflict, InvalidArgument, NotFound
-from ..quotas import quota_center
+from ..quotas import owner_of
 from .presence import human_state
 from .screenshot import ppm_to_png
 
@@ -184,8 +184,9 @@ async def memory(ctx, value):
     max_mem = await ctx.agent.libvirt.call(dom.maxMemory)
     if value > max_mem:
         raise InvalidArgument("value", f"{value} KiB is above the maximum of {max_mem} KiB")
-    await quota_center(ctx.agent).check_memory(ctx.entity, value, sender=ctx.sender_bare)  # quotas.py
-    await ctx.agent.libvirt.call(dom.setMemoryFlags, value, await _affect_flags(ctx, dom))
+    async with ctx.agent.quotas.reserve(owner_of(ctx.entity, ctx.sender_bare)):  # quotas.py: check + change as one step
+        await ctx.agent.quotas.check_memory(ctx.entity, value, sender=ctx.sender_bare)
+        await ctx.agent.libvirt.call(dom.setMemoryFlags, value, await _affect_flags(ctx, dom))
     await ctx.entity.push(PUSH_CONTROL, "memory")
 
 
@@ -195,8 +196,9 @@ async def setvcpus(ctx, value):
     maximum = await ctx.agent.libvirt.call(dom.vcpusFlags, libvirt.VIR_DOMAIN_VCPU_MAXIMUM | libvirt.VIR_DOMAIN_AFFECT_CONFIG)
     if value > maximum:
         raise InvalidArgument("value", f"{value} is above the maximum of {maximum} vCPUs")
-    await quota_center(ctx.agent).check_vcpus(ctx.entity, value, sender=ctx.sender_bare)  # quotas.py
-    await ctx.agent.libvirt.call(dom.setVcpusFlags, value, await _affect_flags(ctx, dom))
+    async with ctx.agent.quotas.reserve(owner_of(ctx.entity, ctx.sender_bare)):  # quotas.py: check + change as one step
+        await ctx.agent.quotas.check_vcpus(ctx.entity, value, sender=ctx.sender_bare)
+        await ctx.agent.libvirt.call(dom.setVcpusFlags, value, await _affect_flags(ctx, dom))
     await ctx.entity.push(PUSH_CONTROL, "nvcpu")
     await ctx.entity.push(PUSH_DEFINITION, "nvcpu")
 

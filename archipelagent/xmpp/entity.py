@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING
 import slixmpp
 from slixmpp.exceptions import IqError, IqTimeout
 
+from ..audit import record_subscription
 from ..backoff import Backoff
 from ..commands.acp import AcpTransport
 from ..commands.adhoc import AdhocTransport
 from ..commands.chat import ChatTransport
 from ..commands.dispatch import bare_jid
 from ..config import is_loopback
-from ..errors import Unavailable
+from ..errors import PermissionDenied, Unavailable
 from .provisioning import HttpApiProvisioner, ProvisioningError
 from .pubsub import EventsNode
 
@@ -320,7 +321,9 @@ class Entity:
         except Unavailable as exc:
             # Neither accept nor refuse: the request stays pending and is decided when it is sent again.
             log.warning("%s: subscription from %s left pending: %s", self.jid, sender, exc.message)
+            record_subscription(self, sender, exc)  # audit.py: error:-48
             return
+        record_subscription(self, sender, None if allowed else PermissionDenied("presence"))
         if allowed:
             self.xmpp.send_presence(pto=sender, ptype="subscribed")
             self.xmpp.send_presence(pto=sender, ptype="subscribe")

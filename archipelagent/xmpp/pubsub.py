@@ -13,8 +13,12 @@ from ..commands.payload import qualify
 
 log = logging.getLogger(__name__)
 
+# Who may read a node: ``presence`` = those subscribed to the owner's presence,
+# which the agent grants only to holders of the ``presence`` permission on the
+# entity (xmpp/entity.py).  Never ``open``: pushes name permission targets and
+# disk paths.  Only the owner (the entity) publishes.
 NODE_CONFIG = {
-    "pubsub#access_model": "open",
+    "pubsub#access_model": "presence",
     "pubsub#publish_model": "publishers",
     "pubsub#deliver_notifications": "1",
     "pubsub#deliver_payloads": "1",
@@ -22,6 +26,77 @@ NODE_CONFIG = {
     "pubsub#max_items": "100",
     "pubsub#send_last_published_item": "never",
 }
+TIMEOUT = 10
+
+
+def config_form(xmpp, config: dict[str, str]):
+    form = xmpp.plugin["xep_0004"].make_form(ftype="submit")
+    form.add_field(var="FORM_TYPE", ftype="hidden", value="http://jabber.org/protocol/pubsub#node_config")
+    for var, value in config.items():
+        form.add_field(var=var, value=value)
+    return form
+
+
+async def node_owners(xmpp, service: str, node: str) -> list[str]:
+    """Who the pubsub service says owns ``node`` (disco#info meta-data; best effort, may be empty)."""
+    try:
+        info = await xmpp.plugin["xep_0030"].get_info(jid=service, node=node, timeout=TIMEOUT)
+    except (IqError, IqTimeout):
+        return []
+    owners: list[str] = []
+    for form in info["disco_info"].xml.iter("{jabber:x:data}x"):
+        for field in form.iter("{jabber:x:data}field"):
+            if field.get("var") in ("pubsub#owner", "pubsub#creator"):
+                owners += [v.text for v in field.iter("{jabber:x:data}value") if v.text and v.text not in owners]
+    return owners
+
+
+async def ensure_node(xmpp, service: str, node: str, config: dict[str, str]) -> bool:
+    """Create ``node`` with ``config``, or make sure an existing one is ours and configured so.
+
+    A ``conflict`` is not success: the node may have been created by someone
+    else (squatted, to publish fake pushes or read ours).  Only the owner may
+    read a node's affiliations; if we may not, or are not listed as owner, the
+    node is refused with an error naming its owner.  A node we own is
+    reconfigured (an older agent created ``open`` nodes).
+    """
+    me = xmpp.boundjid.bare
+    pubsub = xmpp.plugin["xep_0060"]
+    try:
+        await pubsub.create_node(service, node, config=config_form(xmpp, config), timeout=TIMEOUT)
+        log.debug("created pubsub node %s", node)
+        return True
+    except IqError as exc:
+        if exc.condition != "conflict":
+            log.warning("cannot create pubsub node %s: %s", node, exc.condition)
+            return False
+    except IqTimeout:
+        log.warning("timeout creating pubsub node %s", node)
+        return False
+    try:
+        result = await pubsub.get_node_affiliations(service, node, timeout=TIMEOUT)
+        owned = any(aff["jid"].bare == me and aff["affiliation"] == "owner"
+                    for aff in result["pubsub_owner"]["affiliations"])
+    except IqError as exc:
+        if exc.condition not in ("forbidden", "not-authorized", "item-not-found"):
+            log.warning("cannot read the affiliations of pubsub node %s: %s", node, exc.condition)
+            return False
+        owned = False
+    except IqTimeout:
+        log.warning("timeout reading the affiliations of pubsub node %s", node)
+        return False
+    if not owned:
+        owners = await node_owners(xmpp, service, node)
+        log.error("pubsub node %s on %s is owned by %s, not by %s: refusing to use it "
+                  "(an administrator must delete it)", node, service,
+                  ", ".join(owners) or "someone else", me)
+        return False
+    try:
+        await pubsub.set_node_config(service, node, config_form(xmpp, config), timeout=TIMEOUT)
+    except (IqError, IqTimeout) as exc:
+        log.error("cannot reconfigure pubsub node %s: %s: refusing to use it", node, exc)
+        return False
+    return True
 
 
 def events_node(bare_jid: str) -> str:
@@ -51,21 +126,7 @@ class EventsNode:
         self.ready = False
 
     async def ensure(self) -> None:
-        form = self.xmpp.plugin["xep_0004"].make_form(ftype="submit")
-        form.add_field(var="FORM_TYPE", ftype="hidden", value="http://jabber.org/protocol/pubsub#node_config")
-        for var, value in NODE_CONFIG.items():
-            form.add_field(var=var, value=value)
-        try:
-            await self.xmpp.plugin["xep_0060"].create_node(self.service, self.node, config=form, timeout=10)
-            log.debug("created pubsub node %s", self.node)
-        except IqError as exc:
-            if exc.condition != "conflict":
-                log.warning("cannot create pubsub node %s: %s", self.node, exc.condition)
-                return
-        except IqTimeout:
-            log.warning("timeout creating pubsub node %s", self.node)
-            return
-        self.ready = True
+        self.ready = await ensure_node(self.xmpp, self.service, self.node, NODE_CONFIG)
 
     async def publish(self, namespace: str, change: str, children: Iterable[ET.Element] = ()) -> bool:
         if not self.ready:

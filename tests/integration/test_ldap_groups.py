@@ -111,6 +111,7 @@ async def test_teacher_role(agent, admin, people):
         # A role granted to one user (a JID target) instead of a group.
         await set_items(admin, agent, item("role", student.jid, role))
         assert len(await capabilities(student, agent)) == 1
+        await set_items(admin, agent, item("user", student.jid, "presence"))  # getown: for those who see it
         own = await student.acp(agent.full_jid, PERMS_NS, "getown", {"permission_type": "role"})
         assert {el.get("name") for el in own} == {role}
     finally:
@@ -182,6 +183,7 @@ async def test_roles_are_listed_and_published_to_pubsub(agent, admin, stack):
         assert len(mine) == 1 and mine[0].get("description") == "Lab operators"
         assert mine[0].get("creator") == admin.jid
         assert {p.get("permission_name") for p in mine[0]} == {"capabilities", "nodeinfo"}
+        await admin.see(agent.jid)  # the roles node is read by those who see the hypervisor
         items = await admin.xmpp.plugin["xep_0060"].get_items(stack.pubsub_domain, ROLES_NODE, timeout=10)
         published = {i["id"]: i["payload"] for i in items["pubsub"]["items"]}
         assert role in published

@@ -26,7 +26,6 @@ HV_NS = "archipel:hypervisor:control"
 
 # Commands without a declared permission: their handler applies its own rule.
 NO_PERMISSION = {
-    ("archipel:permissions", "getown"): "reads the sender's own grants only; the target must be the sender",
     ("archipel:quota", "usage"): "anyone may read their own usage; another user's (or all) needs quota_usage",
 }
 
@@ -125,7 +124,8 @@ async def test_vm_matrix(agent, admin, new_user):
 async def test_commands_without_permission_still_guard_others(agent, admin, new_user):
     stranger, reader = await new_user("mxself"), await new_user("mxreader")
     hv = agent.full_jid
-    # getown: oneself yes, someone else no
+    # getown (permission_getown, held by those who see the entity): oneself yes, someone else no
+    await grant(admin, hv, stranger.jid, "presence")
     await stranger.acp(hv, "archipel:permissions", "getown")
     with pytest.raises(AcpError) as err:
         await stranger.acp(hv, "archipel:permissions", "getown", {"permission_target": admin.jid})

@@ -31,7 +31,7 @@ async def test_set_then_get_and_revoke(agent, admin, new_user):
 
 async def test_set_pushes_target_jid(agent, admin, new_user, stack):
     node = f"/archipel/{agent.jid}/events"
-    await admin.xmpp.plugin["xep_0060"].subscribe(stack.pubsub_domain, node, timeout=10)
+    await admin.subscribe_events(stack.pubsub_domain, agent.jid)
     user = await new_user()
     while not admin.pubsub_events.empty():
         admin.pubsub_events.get_nowait()
@@ -59,11 +59,25 @@ async def test_set_without_items_is_missing_argument(agent, admin):
 async def test_getown_only_for_self(agent, admin, new_user):
     user = await new_user()
     other = await new_user()
-    await grant(admin, agent.full_jid, user.jid, "ip")
+    await grant(admin, agent.full_jid, user.jid, "presence", "ip")
     own = await user.acp(agent.full_jid, PERMS_NS, "getown", {"permission_target": user.jid})
-    assert names(own) == {"ip"}
+    assert names(own) == {"presence", "ip"}
     with pytest.raises(AcpError) as err:
         await user.acp(agent.full_jid, PERMS_NS, "getown", {"permission_target": other.jid})
+    assert err.value.is_permission_error
+
+
+async def test_getown_is_checked_against_permission_getown(agent, admin, new_user):
+    """Held by default by those who see the entity (presence); a stranger is refused; revocable."""
+    stranger, viewer = await new_user("gostranger"), await new_user("goviewer")
+    with pytest.raises(AcpError) as err:
+        await stranger.acp(agent.full_jid, PERMS_NS, "getown")
+    assert err.value.is_permission_error and "getown" in err.value.text
+    await grant(admin, agent.full_jid, viewer.jid, "presence")
+    assert names(await viewer.acp(agent.full_jid, PERMS_NS, "getown")) == {"presence"}
+    await grant(admin, agent.full_jid, viewer.jid, "permission_getown", value=False)
+    with pytest.raises(AcpError) as err:
+        await viewer.acp(agent.full_jid, PERMS_NS, "getown")
     assert err.value.is_permission_error
 
 

@@ -27,8 +27,7 @@ async def roster_has(agent_process, client, jid: str) -> bool:
 
 async def test_add_then_remove_a_contact(agent, admin, new_user, stack):
     contact = await new_user("contact")
-    events = f"/archipel/{agent.jid}/events"
-    await admin.xmpp.plugin["xep_0060"].subscribe(stack.pubsub_domain, events, timeout=10)
+    await admin.subscribe_events(stack.pubsub_domain, agent.jid)
     await admin.acp(agent.full_jid, SUB_NS, "add", {"jid": contact.jid})
     # the hypervisor authorizes the contact and asks for its presence
     await contact.wait_presence(presence_from(agent.jid, "subscribed"), timeout=15)

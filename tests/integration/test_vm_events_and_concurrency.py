@@ -6,6 +6,7 @@ import subprocess
 
 import libvirt
 
+from agent_fixtures import grant
 from vm_helpers import CONTROL, HV_NS, alloc, from_vm, unique_name, vm_full, wait_libvirt_state, wait_vm_ready
 
 
@@ -17,7 +18,8 @@ async def collect_pushes(client, node: str, namespace: str, changes: set[str], t
 async def test_hypervisor_pushes_alloc_clone_and_free(agent, new_user, admin, stack):
     watcher = await new_user("watcher")
     node = f"/archipel/{agent.jid}/events"
-    await watcher.xmpp.plugin["xep_0060"].subscribe(stack.pubsub_domain, node, timeout=10)
+    await grant(admin, agent.full_jid, watcher.jid, "presence")  # who sees the hypervisor reads its pushes
+    await watcher.subscribe_events(stack.pubsub_domain, agent.jid)
     jid = await alloc(admin, agent.full_jid, unique_name("push"))
     await wait_vm_ready(admin, vm_full(jid, agent.jid))
     reply = await admin.acp(agent.full_jid, HV_NS, "clone", {"jid": jid})
@@ -33,7 +35,8 @@ async def test_hypervisor_pushes_alloc_clone_and_free(agent, new_user, admin, st
 async def test_clone_progress_is_pushed(agent, admin, new_user, stack):
     watcher = await new_user("progress")
     node = f"/archipel/{agent.jid}/events"
-    await watcher.xmpp.plugin["xep_0060"].subscribe(stack.pubsub_domain, node, timeout=10)
+    await grant(admin, agent.full_jid, watcher.jid, "presence")  # who sees the hypervisor reads its pushes
+    await watcher.subscribe_events(stack.pubsub_domain, agent.jid)
     jid = await alloc(admin, agent.full_jid, unique_name("big"))
     await wait_vm_ready(admin, vm_full(jid, agent.jid))
     # a 32 MiB raw file in the VM folder: several progress steps

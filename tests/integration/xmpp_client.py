@@ -112,6 +112,26 @@ class Client:
         finally:
             self._presence_waiters = [w for w in self._presence_waiters if w is not waiter]
 
+    async def see(self, entity_jid: str, timeout: float = 15) -> None:
+        """Subscribe to an entity's presence (answered ``subscribed`` to holders of ``presence``)."""
+        def answer(p):
+            return p["from"].bare == entity_jid and p["type"] in ("subscribed", "unsubscribed")
+
+        await self.xmpp.get_roster(timeout=10)
+        if entity_jid in self.xmpp.client_roster \
+                and self.xmpp.client_roster[entity_jid]["subscription"] in ("to", "both"):
+            return  # already subscribed: ejabberd answers a repeated request with nothing
+        self.presences = [p for p in self.presences if not answer(p)]
+        self.xmpp.send_presence(pto=entity_jid, ptype="subscribe")
+        if (await self.wait_presence(answer, timeout))["type"] != "subscribed":
+            raise AssertionError(f"{entity_jid} refused the presence subscription of {self.xmpp.boundjid.bare}")
+
+    async def subscribe_events(self, service: str, entity_jid: str, timeout: float = 15) -> None:
+        """Subscribe to an entity's events node as Archipel's client does: its presence first
+        (the node's access model is ``presence``: only those who see the entity read it)."""
+        await self.see(entity_jid, timeout)
+        await self.xmpp.plugin["xep_0060"].subscribe(service, f"/archipel/{entity_jid}/events", timeout=10)
+
     async def connect(self, timeout: float = 20) -> "Client":
         self._session = asyncio.get_running_loop().create_future()
         self.xmpp.connect(self.host, self.port)

@@ -25,7 +25,7 @@ from archipelagent.commands import Arg, CommandSet, Registry
 from archipelagent.commands.acp import raw_arguments
 from archipelagent.commands.chat import NOT_ALLOWED, ChatTransport
 from archipelagent.commands.dispatch import run_command
-from archipelagent.errors import InvalidArgument, MissingArgument, NotFound, PermissionDenied, UnknownAction
+from archipelagent.errors import ArchipelError, InvalidArgument, MissingArgument, NotFound, PermissionDenied, UnknownAction
 
 HV = "hypervisor@archipel.test"
 ALICE = "alice@archipel.test"
@@ -340,3 +340,31 @@ def test_audit_get_arguments_are_checked():
         with pytest.raises(InvalidArgument):
             args[name].convert(bad)
     assert args["sender"].convert("Alice@Archipel.test/x") == ALICE
+
+
+class LdapDown(FakePermissions):
+    async def check(self, entity, kind, user, permission):
+        from archipelagent.errors import Unavailable
+        raise Unavailable("LDAP is unreachable")
+
+
+async def test_the_chat_gate_audits_an_ldap_outage(audit):
+    entity, _park = make_entity(audit, set())
+    entity.agent.permissions = LdapDown(set())
+    with pytest.raises(ArchipelError):
+        await ChatTransport(entity).answer(f"{BOB}/phone", "park 3")
+    (row,) = await audit.query()
+    assert (row["sender"], row["transport"], row["action"], row["outcome"]) == (BOB, "chat", "park", "error:-48")
+
+
+async def test_subscription_decisions_are_recorded(audit):
+    from archipelagent.audit import record_subscription
+    from archipelagent.errors import Unavailable
+
+    entity, _park = make_entity(audit, set())
+    record_subscription(entity, f"{ALICE}/x", None)
+    record_subscription(entity, BOB, PermissionDenied("presence"))
+    record_subscription(entity, BOB, Unavailable("LDAP is unreachable"))
+    got = [(e["sender"], e["transport"], e["action"], e["outcome"]) for e in reversed(await audit.query())]
+    assert got == [(ALICE, "presence", "subscribe", "ok"), (BOB, "presence", "subscribe", "denied"),
+                   (BOB, "presence", "subscribe", "error:-48")]

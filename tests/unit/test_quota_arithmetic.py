@@ -203,3 +203,34 @@ async def test_center_refuses_when_ldap_is_needed_and_down(tmp_path):
             await center.check("s1@x.org", Usage(vms=1))
     finally:
         await store.close()
+
+
+async def test_reserve_serialises_one_owner_and_not_two():
+    """The per-owner quota lock: a second holder of the same owner waits; another owner does not."""
+    import asyncio
+
+    center = QuotaCenter(SimpleNamespace())
+    order = []
+    first_in = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold(owner, name):
+        async with center.reserve(owner):
+            order.append(f"{name} in")
+            first_in.set()
+            await release.wait()
+            order.append(f"{name} out")
+
+    a = asyncio.create_task(hold("Ann@x/res", "a"))
+    await first_in.wait()
+    b = asyncio.create_task(hold("ann@x", "b"))  # the same owner (bare, case-folded)
+    c = asyncio.create_task(hold("bob@x", "c"))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert order == ["a in", "c in"]
+    release.set()
+    await asyncio.gather(a, b, c)
+    assert order.index("b in") > order.index("a out")
+    assert center._locks == {} and center._holders == {}  # nothing kept once released
+    async with center.reserve(None):  # no owner: nothing to hold
+        pass
