@@ -290,11 +290,12 @@ def library_paths(agent) -> tuple[Path, ...]:
 
 async def setup(agent) -> None:
     """Validate [STORAGE] (a bad value stops the agent start) and make the library folders."""
-    try:
-        svc = service(agent)
+    try:  # read_config resolves the configured folders: off the loop, like every storage call
+        cfg = await agent.fs.call(read_config, agent.config, what="read the storage configuration")
     except ConfigError as exc:
         log.error("configuration error: %s", exc)
         raise
+    svc = agent.disks = DiskService(cfg, asyncio.Semaphore(cfg.long_jobs), agent.fs, agent.disk_guard)
     for folder in (svc.cfg.iso_library_path, svc.cfg.golden_images_path):
         try:
             await agent.fs.call(folder.mkdir, parents=True, exist_ok=True)
