@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import json
 import logging
 import math
 import os
@@ -33,15 +32,14 @@ import shutil
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import libvirt
 
 from archipelagent.commands import Arg, CommandSet, element
 from archipelagent.config import ConfigError
 from archipelagent.errors import ArchipelError, Conflict, InvalidArgument, NotFound
-from archipelagent.storage.images import (FORMATS, QEMU_IMG_TIMEOUT, DiskToolError, ImageRefused,  # noqa: F401
-                                          chain_problems, realpath, run_tool, within)
+from archipelagent.storage.images import FORMATS, QEMU_IMG_TIMEOUT, DiskToolError, ImageRefused, realpath, run_tool
 
 log = logging.getLogger(__name__)
 

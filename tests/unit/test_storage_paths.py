@@ -10,8 +10,9 @@ import pytest
 from archipelagent.config import ConfigError
 from archipelagent.errors import InvalidArgument
 from archipelagent_modules import snapshots, storage
-from archipelagent_modules.storage import (PathRefused, chain_problems, confined_file, disk_file_name, parse_size,
-                                           read_config, validate_name, within)
+from archipelagent.storage.images import chain_problems, within
+from archipelagent_modules.storage import (PathRefused, confined_file, disk_file_name, parse_size, read_config,
+                                           validate_name)
 
 G = 1024 ** 3
 
