@@ -26,6 +26,7 @@ from .vm.commands import commands as vm_commands
 from .quotas import EXTRA_PERMISSIONS as quota_permissions, QuotaCenter, commands as quota_commands
 from .subscriptions import commands as subscription_commands
 from .storage.health import StorageHealth, StorageSettings, commands as storage_commands
+from .storage.images import DiskGuard
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class Agent:
             reconnect_max_delay=min(config.xmpp.reconnect_max_delay, 30.0),
         )
         self.fs = StorageIO()  # every file system call on the shared storage (fsio.py): threads + timeout
+        self.disk_guard = DiskGuard.from_config(config, self.fs)  # disk formats recorded, chains confined (storage/images.py)
         self.hypervisor: HypervisorEntity | None = None
         self.vms = VMManager(self)
         self.quotas = QuotaCenter(self)  # every quota check and the per-owner locks (quotas.py)

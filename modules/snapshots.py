@@ -131,13 +131,27 @@ def _lock(ctx) -> asyncio.Lock:
     return _locks.setdefault(ctx.entity.uuid, asyncio.Lock())
 
 
-def _refuse_busy_disks(ctx) -> None:
+async def _refuse_busy_disks(ctx) -> None:
     disks = getattr(ctx.agent, "disks", None)
     if disks is None:
         return
-    busy = disks.busy_in(realpath(disks.folder(ctx.entity.uuid)))
+    busy = disks.busy_in(await disks.real_folder(ctx.entity.uuid))
     if busy:
         raise Conflict(f"a disk of this VM is busy: {', '.join(busy)}")
+
+
+async def _check_disks(ctx, sources: list[str]) -> None:
+    """Fail closed: every writable disk has its recorded format and a confined chain
+    (the one check, archipelagent/storage/images.py); an unreadable disk refuses the
+    command with qemu-img's error (-1050) instead of letting libvirt probe it."""
+    guard = ctx.agent.disk_guard
+    folder = await ctx.agent.fs.call(realpath, guard.vm_base_path / ctx.entity.uuid, what="resolve the VM folder")
+    golden = await ctx.agent.fs.call(realpath, guard.golden_path, what="resolve the golden folder")
+    for src in sources:
+        path = await ctx.agent.fs.call(realpath, src, what="resolve a disk path")
+        if path.parent != folder:
+            raise PathRefused("disk", f"'{src}' is outside this VM's folder")
+        await guard.checked_disk(path, (folder, golden))
 
 
 async def _snapshot(ctx, dom, name: str):
@@ -191,7 +205,7 @@ async def take(ctx, name, domainsnapshot, description):
     await require_writable(ctx.agent, "take a snapshot")
     dom = await ctx.entity.domain()
     async with _lock(ctx):
-        _refuse_busy_disks(ctx)
+        await _refuse_busy_disks(ctx)
         active = await ctx.agent.libvirt.call(dom.isActive)
         flags = 0 if active else libvirt.VIR_DOMAIN_XML_INACTIVE
         writable, readonly = writable_disks(await ctx.agent.libvirt.call(dom.XMLDesc, flags))
@@ -201,16 +215,7 @@ async def take(ctx, name, domainsnapshot, description):
         if raw:
             raise Conflict("snapshots need qcow2 disks (internal snapshots live in the qcow2 file): "
                            + "; ".join(raw) + ". Convert the disk to qcow2 first (archipel:vm:disk convert)")
-        disks = getattr(ctx.agent, "disks", None)
-        if disks is not None:
-            for _dev, _fmt, src in writable:
-                path = realpath(src)
-                try:
-                    await disks.checked_info(ctx.entity.uuid, path)
-                except PathRefused:
-                    raise
-                except Exception:  # noqa: BLE001 - unreadable: let libvirt report it
-                    pass
+        await _check_disks(ctx, [src for _dev, _fmt, src in writable])
         try:
             await _snapshot(ctx, dom, name)
             raise Conflict(f"a snapshot named '{name}' already exists")
@@ -230,7 +235,7 @@ async def delete(ctx, name):
     await require_writable(ctx.agent, "delete a snapshot")
     dom = await ctx.entity.domain()
     async with _lock(ctx):
-        _refuse_busy_disks(ctx)
+        await _refuse_busy_disks(ctx)
         snap = await _snapshot(ctx, dom, name)
         with _Busy(ctx.entity):
             await ctx.agent.libvirt.call(snap.delete, 0)
@@ -267,7 +272,7 @@ async def revert(ctx, name):
     await require_writable(ctx.agent, "revert to a snapshot")
     dom = await ctx.entity.domain()
     async with _lock(ctx):
-        _refuse_busy_disks(ctx)
+        await _refuse_busy_disks(ctx)
         snap = await _snapshot(ctx, dom, name)
         with _Busy(ctx.entity):
             await ctx.agent.libvirt.call(dom.revertToSnapshot, snap, 0)

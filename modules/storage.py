@@ -4,8 +4,12 @@ Disks are files in the VM's folder on the shared storage
 (``<vm_base_path>/<uuid>/``).  Every path a request names is confined: names
 are validated, symlinks and ``..`` are resolved with ``realpath`` and the
 result must be a direct child of the VM folder (or of the configured ISO /
-golden folders); a qcow2 whose backing chain leaves the VM folder and the
-golden folder is refused before any tool reads it.
+golden folders).  Formats are never probed: each disk's format is recorded
+when the agent creates or imports it and every qemu-img call passes ``-f``
+(``-F`` for a backing file); the chain check is the one of
+:mod:`archipelagent.storage.images`.  Every file system call on the VM storage
+goes through ``agent.fs`` (a bounded pool with a timeout: a hung NFS mount
+answers ``-48``, the loop never blocks).
 
 ``qemu-img`` runs as an asyncio subprocess, never on the event loop.  Long work
 (convert, copying a disk into the golden folder) is accepted at once, runs in
@@ -20,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import json
 import logging
 import math
 import os
@@ -29,7 +32,7 @@ import shutil
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import libvirt
 
@@ -37,6 +40,7 @@ from archipelagent.commands import Arg, CommandSet, element
 from archipelagent.config import ConfigError
 from archipelagent.errors import ArchipelError, Conflict, InvalidArgument, NotFound
 from archipelagent.quotas import owner_of
+from archipelagent.storage.images import FORMATS, QEMU_IMG_TIMEOUT, DiskToolError, ImageRefused, realpath, run_tool
 
 log = logging.getLogger(__name__)
 
@@ -46,21 +50,14 @@ SECTION = "STORAGE"
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 UNITS = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
-FORMATS = ("qcow2", "raw")
 PREALLOCATIONS = ("off", "metadata", "falloc", "full")
 DISK_SUFFIXES = (".qcow2", ".qcow", ".img", ".raw", ".vmdk", ".vdi", ".vhd", ".vhdx")
+# a name's suffix must not claim a format the file is not (a .vmdk is read as VMDK by any tool that probes)
+SUFFIX_FORMATS = {".qcow2": ("qcow2",), ".qcow": ("qcow2",), ".raw": ("raw",), ".img": FORMATS}
 ISO_SUFFIXES = (".iso", ".img")
 SUFFIX = {"qcow2": ".qcow2", "raw": ".raw"}
 SECTOR = 512
 DEFAULT_MAX_DISK = "4T"
-QEMU_IMG_TIMEOUT = 60.0  # info/create/resize/rebase; convert has no timeout
-
-
-class DiskToolError(ArchipelError):
-    """qemu-img (or the filesystem) failed on a disk; the message says why."""
-
-    code = -1050
-    condition = "internal-server-error"
 
 
 class PathRefused(InvalidArgument):
@@ -116,20 +113,6 @@ def human_size(n: int) -> str:
     return f"{n}B"
 
 
-def realpath(path: str | os.PathLike) -> Path:
-    return Path(os.path.realpath(path))
-
-
-def within(path: str | os.PathLike, bases: Iterable[str | os.PathLike]) -> bool:
-    """True when ``path`` resolves (symlinks, ``..``) strictly inside one of ``bases``."""
-    real = realpath(path)
-    for base in bases:
-        b = realpath(base)
-        if real != b and real.is_relative_to(b):
-            return True
-    return False
-
-
 def confined_file(folder: str | os.PathLike, ref: Any, *, argument: str = "name", what: str = "this VM's folder") -> Path:
     """The file ``ref`` names in ``folder``: a plain name, or an absolute path that
     resolves to a direct child of ``folder``.  Symlinks leaving it are refused."""
@@ -165,29 +148,6 @@ def bool_yes(value: str) -> bool:
     if lowered in ("0", "false", "no", "off", ""):
         return False
     raise ValueError(f"expected yes or no, got {value!r}")
-
-
-def chain_problems(chain: list[dict], allowed: Iterable[Path]) -> list[str]:
-    """Why a ``qemu-img info --backing-chain`` result is unacceptable (empty: fine).
-
-    Every image of the chain (and any qcow2 external data file) must be a plain
-    file path inside one of ``allowed``; pseudo-protocols (``json:``, ``nbd:``…) are refused.
-    """
-    allowed = tuple(allowed)
-    problems = []
-    for image in chain:
-        names = [image.get("filename")]
-        data_file = (((image.get("format-specific") or {}).get("data") or {}).get("data-file"))
-        if data_file:
-            names.append(data_file)
-        for name in names:
-            if not name:
-                continue
-            if not os.path.isabs(name) or ":" in name.split("/", 1)[0]:
-                problems.append(f"'{name[:200]}' is not a plain file path")
-            elif not within(name, allowed):
-                problems.append(f"'{name[:200]}' is outside the VM folder and the golden images folder")
-    return problems
 
 
 # ------------------------------------------------------------------ config
@@ -248,58 +208,6 @@ def read_config(config) -> StorageConfig:
     return StorageConfig(base, iso, golden, found, max_bytes, int(jobs_text))
 
 
-# ----------------------------------------------------------------- qemu-img
-async def run_tool(argv: list[str], *, timeout: float | None = QEMU_IMG_TIMEOUT,
-                   progress: Callable[[float], None] | None = None) -> str:
-    """Run a tool as a subprocess; return stdout; DiskToolError with its stderr on failure.
-
-    ``progress`` receives the percentages ``qemu-img -p`` prints.  Cancelled or
-    timed out, the process is killed.
-    """
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env={**os.environ, "LC_ALL": "C"})
-    except OSError as exc:
-        raise DiskToolError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
-
-    async def read_out() -> bytes:
-        chunks = []
-        pending = b""
-        while True:
-            data = await proc.stdout.read(4096)
-            if not data:
-                break
-            chunks.append(data)
-            if progress is not None:
-                pending = (pending + data)[-256:]
-                found = re.findall(rb"\((\d+(?:\.\d+)?)/100%\)", pending)
-                if found:
-                    progress(float(found[-1]))
-                    pending = b""
-        return b"".join(chunks)
-
-    try:
-        out, err, _ = await asyncio.wait_for(asyncio.gather(read_out(), proc.stderr.read(), proc.wait()), timeout)
-    except BaseException as exc:
-        if proc.returncode is None:
-            try:
-                proc.kill()
-            except ProcessLookupError:
-                pass
-            await asyncio.shield(proc.wait())
-        if isinstance(exc, asyncio.TimeoutError):
-            raise DiskToolError(f"{Path(argv[0]).name} {argv[1] if len(argv) > 1 else ''} took more than "
-                                f"{timeout:.0f} s and was stopped") from None
-        raise
-    if proc.returncode != 0:
-        text = err.decode(errors="replace").strip().splitlines()
-        message = text[-1] if text else f"exit status {proc.returncode}"
-        message = re.sub(r"^qemu-img: ", "", message)
-        raise DiskToolError(f"{Path(argv[0]).name} {argv[1] if len(argv) > 1 else ''}: {message}".strip())
-    return out.decode(errors="replace")
-
-
 # ------------------------------------------------------------------ service
 @dataclass
 class DiskService:
@@ -307,6 +215,8 @@ class DiskService:
 
     cfg: StorageConfig
     jobs: asyncio.Semaphore
+    fs: Any  # agent.fs (archipelagent/fsio.py)
+    guard: Any  # agent.disk_guard (archipelagent/storage/images.py): records and the chain check
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     busy: dict[Path, str] = field(default_factory=dict)  # real path → operation in progress
 
@@ -316,15 +226,26 @@ class DiskService:
     def folder(self, uuid: str) -> Path:
         return Path(self.cfg.vm_base_path) / uuid
 
-    def real_folder(self, uuid: str) -> Path:
+    def _real_folder(self, uuid: str) -> Path:
         folder = self.folder(uuid)
         real = realpath(folder)
         if real.parent != realpath(self.cfg.vm_base_path) or real.name != uuid:
             raise PathRefused("name", f"the VM folder {folder} resolves to {real}, outside vm_base_path")
         return real
 
-    def allowed_bases(self, uuid: str) -> tuple[Path, Path]:
-        return (self.real_folder(uuid), realpath(self.cfg.golden_images_path))
+    async def io(self, fn: Callable, *args, **kw):
+        """A file system call on the VM storage, in the agent's storage pool (-48 after its timeout)."""
+        return await self.fs.call(fn, *args, **kw)
+
+    async def real_folder(self, uuid: str) -> Path:
+        return await self.io(self._real_folder, uuid, what="resolve the VM folder")
+
+    async def confined(self, folder: Path, ref: Any, **kw) -> Path:
+        """:func:`confined_file`, off the loop."""
+        return await self.io(lambda: confined_file(folder, ref, **kw), what="resolve a disk path")
+
+    async def allowed_bases(self, uuid: str) -> tuple[Path, Path]:
+        return (await self.real_folder(uuid), await self.io(realpath, self.cfg.golden_images_path))
 
     def require_idle(self, *paths: Path) -> None:
         for p in paths:
@@ -337,34 +258,22 @@ class DiskService:
     async def qemu_img(self, *args: str, **kw) -> str:
         return await run_tool([self.cfg.qemu_img, *args], **kw)
 
-    async def info(self, path: Path, *, chain: bool = True) -> list[dict]:
-        """``qemu-img info --output=json`` (``-U``: also while a guest runs); a list, top image first."""
-        argv = ["info", "--output=json", "-U"] + (["--backing-chain"] if chain else []) + [str(path)]
-        out = await self.qemu_img(*argv)
-        try:
-            data = json.loads(out)
-        except ValueError:
-            raise DiskToolError(f"qemu-img info gave unreadable output for '{path.name}'") from None
-        return data if isinstance(data, list) else [data]
+    async def info(self, path: Path, fmt: str) -> dict:
+        """``qemu-img info -f <fmt>`` of the top image only (after :meth:`checked_info`)."""
+        return (await self.guard.chain(path, fmt))[0]
 
-    async def checked_info(self, uuid: str, path: Path) -> dict:
-        """The top image's info, after checking its whole backing chain stays in the allowed folders."""
-        try:
-            chain = await self.info(path)
-        except DiskToolError as exc:
-            raise DiskToolError(f"cannot read disk '{path.name}' and its backing chain: {exc.message}") from None
-        problems = chain_problems(chain, self.allowed_bases(uuid))
-        if problems:
-            raise PathRefused("name", f"disk '{path.name}' is refused: its backing chain leaves the allowed folders "
-                                      f"({'; '.join(problems)})")
-        return chain[0]
+    async def checked_info(self, uuid: str, path: Path) -> tuple[str, dict]:
+        """(recorded format, top image's info) after the one chain check (storage/images.py):
+        no record, a probed backing format or a chain leaving the VM and golden folders is refused."""
+        fmt, chain = await self.guard.checked_disk(path, await self.allowed_bases(uuid))
+        return fmt, chain[0]
 
 
 def service(agent) -> DiskService:
     svc = getattr(agent, "disks", None)
     if svc is None:
         cfg = read_config(agent.config)
-        svc = DiskService(cfg, asyncio.Semaphore(cfg.long_jobs))
+        svc = DiskService(cfg, asyncio.Semaphore(cfg.long_jobs), agent.fs, agent.disk_guard)
         agent.disks = svc
     return svc
 
@@ -380,18 +289,19 @@ def library_paths(agent) -> tuple[Path, ...]:
 
 async def setup(agent) -> None:
     """Validate [STORAGE] (a bad value stops the agent start) and make the library folders."""
-    try:
-        svc = service(agent)
+    try:  # read_config resolves the configured folders: off the loop, like every storage call
+        cfg = await agent.fs.call(read_config, agent.config, what="read the storage configuration")
     except ConfigError as exc:
         log.error("configuration error: %s", exc)
         raise
+    svc = agent.disks = DiskService(cfg, asyncio.Semaphore(cfg.long_jobs), agent.fs, agent.disk_guard)
     for folder in (svc.cfg.iso_library_path, svc.cfg.golden_images_path):
         try:
-            await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+            await agent.fs.call(folder.mkdir, parents=True, exist_ok=True)
         except OSError as exc:
             log.warning("storage: cannot create %s (%s); it is created again when needed", folder, exc.strerror or exc)
     log.info("storage: ISO library %s, golden images %s", svc.cfg.iso_library_path, svc.cfg.golden_images_path)
-    agent.library_paths = library_paths(agent)  # read by the definition policy (cdroms, backing files)
+    agent.library_paths = await agent.fs.call(library_paths, agent)  # read by the definition policy (cdroms, backing files)
 
 
 async def teardown(agent) -> None:
@@ -433,10 +343,8 @@ async def _domain(ctx):
         return None
 
 
-async def _domain_disk_paths(ctx, dom, *, live: bool) -> dict[Path, ET.Element]:
-    """Real path → <disk> element of the domain's disks (live or persistent definition)."""
-    flags = 0 if live else libvirt.VIR_DOMAIN_XML_INACTIVE
-    root = ET.fromstring(await ctx.agent.libvirt.call(dom.XMLDesc, flags))
+def _disk_paths(root: ET.Element) -> dict[Path, ET.Element]:
+    """Real path → <disk> of a definition (blocking: realpath; run through ``fs``)."""
     out = {}
     for disk in root.iter("disk"):
         for holder in [disk, *disk.iter("backingStore")]:
@@ -444,6 +352,13 @@ async def _domain_disk_paths(ctx, dom, *, live: bool) -> dict[Path, ET.Element]:
             if source is not None and source.get("file"):
                 out.setdefault(realpath(source.get("file")), disk)
     return out
+
+
+async def _domain_disk_paths(ctx, dom, *, live: bool) -> dict[Path, ET.Element]:
+    """Real path → <disk> element of the domain's disks (live or persistent definition)."""
+    flags = 0 if live else libvirt.VIR_DOMAIN_XML_INACTIVE
+    root = ET.fromstring(await ctx.agent.libvirt.call(dom.XMLDesc, flags))
+    return await ctx.agent.fs.call(_disk_paths, root, what="resolve the defined disks")
 
 
 async def _in_use_by_running(ctx, dom, path: Path) -> bool:
@@ -458,19 +373,20 @@ async def _refuse_if_running_uses(ctx, dom, path: Path, verb: str) -> None:
 
 
 async def _redefine_disks(ctx, dom, change: Callable[[ET.Element], bool]) -> bool:
-    """Apply ``change`` to the persistent definition; redefine if it says it changed something."""
+    """Apply ``change`` (it resolves paths: run through ``fs``) to the persistent definition;
+    redefine if it says it changed something."""
     if dom is None:
         return False
     xml = await ctx.agent.libvirt.call(dom.XMLDesc, libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
     root = ET.fromstring(xml)
-    if not change(root):
+    if not await ctx.agent.fs.call(change, root, what="update the defined disks"):
         return False
     await ctx.agent.libvirt.call("defineXML", ET.tostring(root, encoding="unicode"))
     return True
 
 
 def _disk_sources(root: ET.Element, path: Path) -> list[tuple[ET.Element, ET.Element]]:
-    """(devices, <disk>) pairs whose main source resolves to ``path``."""
+    """(devices, <disk>) pairs whose main source resolves to ``path`` (blocking: realpath)."""
     found = []
     for devices in root.iter("devices"):
         for disk in devices.findall("disk"):
@@ -483,20 +399,23 @@ def _disk_sources(root: ET.Element, path: Path) -> list[tuple[ET.Element, ET.Ele
 async def _backed_by(svc: DiskService, folder: Path, path: Path) -> list[str]:
     """Names of the other disks of the folder whose backing chain contains ``path``."""
     users = []
-    for other in _disk_files(folder):
-        if other == path:
+    records = await svc.guard.records(folder)
+    for other in await svc.io(_disk_files, folder, what="list the disks"):
+        fmt = records.get(other.name)
+        if other == path or fmt is None:
             continue
         try:
-            chain = await svc.info(other)
-        except DiskToolError:
+            chain = await svc.guard.chain(other, fmt)
+        except (DiskToolError, ImageRefused):
             continue
-        if any(img.get("filename") and realpath(img["filename"]) == path for img in chain[1:]):
+        files = [img.get("filename") for img in chain[1:] if img.get("filename")]
+        if path in await svc.io(lambda: [realpath(f) for f in files], what="resolve backing files"):
             users.append(other.name)
     return users
 
 
 def _disk_files(folder: Path) -> list[Path]:
-    """Real paths of the disk files directly in ``folder`` (symlinks leaving it are skipped)."""
+    """Real paths of the disk files directly in ``folder`` (symlinks leaving it are skipped; blocking)."""
     if not folder.is_dir():
         return []
     out = []
@@ -524,6 +443,22 @@ def _library_files(folder: Path, suffixes: tuple[str, ...] | None) -> list[Path]
         if real.parent == base and real.is_file():
             out.append(real)
     return out
+
+
+def _is_file(path: Path) -> bool:
+    return path.is_file()
+
+
+def _lexists(path: Path) -> bool:
+    return os.path.lexists(path)
+
+
+def _suffix_fits(name: str, fmt: str) -> bool:
+    """A disk suffix must not name another format than the file's (a '.vmdk' raw disk is refused)."""
+    suffix = Path(name).suffix.lower()
+    if suffix not in DISK_SUFFIXES:
+        return True
+    return fmt in SUFFIX_FORMATS.get(suffix, ())
 
 
 def _disk_element(info: dict, path: Path, problem: str | None = None) -> ET.Element:
@@ -587,17 +522,18 @@ def _cmd(action: str, **kw):
       help="the disk files in this VM's folder (name, path, format, sizes, backing file)")
 async def get(ctx):
     svc = service(ctx.agent)
-    folder = svc.real_folder(ctx.entity.uuid)
-    files = await asyncio.to_thread(_disk_files, folder)
-    allowed = svc.allowed_bases(ctx.entity.uuid)
+    folder = await svc.real_folder(ctx.entity.uuid)
+    files = await svc.io(_disk_files, folder, what="list the disks")
+    allowed = await svc.allowed_bases(ctx.entity.uuid)
 
     async def one(path: Path) -> ET.Element:
         try:
-            chain = await svc.info(path)
+            _fmt, chain = await svc.guard.checked_disk(path, allowed)
+        except ImageRefused as exc:
+            return element("disk", {"name": path.name, "path": str(path), "error": exc.reason})
         except DiskToolError as exc:
             return element("disk", {"name": path.name, "path": str(path), "error": exc.message})
-        problems = chain_problems(chain, allowed)
-        return _disk_element(chain[0], path, "backing chain leaves the allowed folders" if problems else None)
+        return _disk_element(chain[0], path)
 
     return list(await asyncio.gather(*(one(p) for p in files)))
 
@@ -606,7 +542,7 @@ async def get(ctx):
       help="the ISO images of the library")
 async def getiso(ctx):
     svc = service(ctx.agent)
-    files = await asyncio.to_thread(_library_files, svc.cfg.iso_library_path, ISO_SUFFIXES)
+    files = await svc.io(_library_files, svc.cfg.iso_library_path, ISO_SUFFIXES, what="list the ISO library")
     return [element("iso", {"name": p.name, "path": str(Path(svc.cfg.iso_library_path) / p.name)}) for p in files]
 
 
@@ -614,12 +550,12 @@ async def getiso(ctx):
       help="the golden images a disk can be created from (create golden=<name>)")
 async def getgolden(ctx):
     svc = service(ctx.agent)
-    files = await asyncio.to_thread(_library_files, svc.cfg.golden_images_path, DISK_SUFFIXES)
+    files = await svc.io(_library_files, svc.cfg.golden_images_path, DISK_SUFFIXES, what="list the golden images")
     return [element("golden", {"name": p.name, "path": str(Path(svc.cfg.golden_images_path) / p.name)}) for p in files]
 
 
 def _golden_file(svc: DiskService, name: str) -> Path:
-    """A golden image by file name, or by stem when that is unambiguous."""
+    """A golden image by file name, or by stem when that is unambiguous (blocking)."""
     base = svc.cfg.golden_images_path
     validate_name(name, "golden")
     path = confined_file(base, name, argument="golden", what="the golden images folder")
@@ -647,18 +583,22 @@ async def create(ctx, name, size, unit, format, preallocation, golden):
     uuid = ctx.entity.uuid
     fmt = format
     file_name = disk_file_name(name, fmt)
+    if not _suffix_fits(file_name, fmt):
+        raise InvalidArgument("name", f"'{file_name}' has a suffix of another format than {fmt}")
     backing: Path | None = None
+    backing_fmt: str | None = None
     backing_info: dict | None = None
     if golden:
         if fmt != "qcow2":
             raise InvalidArgument("format", "an overlay of a golden image is always qcow2")
         if preallocation not in (None, "off"):
             raise InvalidArgument("preallocation", "an overlay of a golden image is not preallocated")
-        backing = await asyncio.to_thread(_golden_file, svc, golden)
-        chain = await svc.info(backing)
-        problems = chain_problems(chain, (realpath(svc.cfg.golden_images_path),))
-        if problems:
-            raise PathRefused("golden", f"golden image '{backing.name}' has a backing chain leaving the golden folder")
+        backing = await svc.io(_golden_file, svc, golden, what="find the golden image")
+        gfolder = await svc.io(realpath, svc.cfg.golden_images_path)
+        try:
+            backing_fmt, chain = await svc.guard.checked_disk(backing, (gfolder,))
+        except ImageRefused as exc:
+            raise PathRefused("golden", f"golden image '{backing.name}' is refused: {exc.reason}") from None
         backing_info = chain[0]
         preallocation = "off"
     else:
@@ -677,28 +617,29 @@ async def create(ctx, name, size, unit, format, preallocation, golden):
     await require_writable(ctx.agent, "create a disk")
     async with svc.lock(uuid), quota_lock(ctx):  # quota check + change as one step
         folder = svc.folder(uuid)
-        await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
-        real_folder = svc.real_folder(uuid)
-        path = confined_file(real_folder, file_name)
-        if os.path.lexists(real_folder / file_name) or path.exists():
+        await svc.io(folder.mkdir, parents=True, exist_ok=True)
+        real_folder = await svc.real_folder(uuid)
+        path = await svc.confined(real_folder, file_name)
+        if await svc.io(_lexists, real_folder / file_name) or await svc.io(_lexists, path):
             raise Conflict(f"a disk named '{file_name}' already exists in this VM's folder")
         await check_quota(ctx, nbytes)
         argv = ["create", "-q", "-f", fmt]
         if backing is not None:
             golden_path = Path(svc.cfg.golden_images_path) / backing.name
-            argv += ["-b", str(golden_path), "-F", backing_info.get("format", "qcow2")]
+            argv += ["-b", str(golden_path), "-F", backing_fmt]
         else:
             argv += ["-o", f"preallocation={preallocation}"]
         argv += [str(path), str(nbytes)]
         svc.busy[path] = "create"
         try:
             await svc.qemu_img(*argv, timeout=None if preallocation in ("full", "falloc") else QEMU_IMG_TIMEOUT)
+            await svc.guard.record(path, fmt)
         except BaseException:
-            await asyncio.to_thread(_unlink_quiet, path)
+            await svc.io(_unlink_quiet, path)
             raise
         finally:
             svc.busy.pop(path, None)
-        info = (await svc.info(path))[0]
+        info = await svc.info(path, fmt)
     result = _disk_element(info, path)
     await _push(ctx, "created", name=path.name, path=str(path), format=fmt)
     return result
@@ -718,10 +659,10 @@ def _unlink_quiet(path: Path) -> None:
 async def delete(ctx, name, undefine):
     svc = service(ctx.agent)
     uuid = ctx.entity.uuid
-    path = confined_file(svc.real_folder(uuid), name)
+    path = await svc.confined(await svc.real_folder(uuid), name)
     await require_writable(ctx.agent, "delete a disk")
     async with svc.lock(uuid):
-        if not path.is_file():
+        if not await svc.io(_is_file, path):
             raise NotFound(f"no disk '{path.name}' in this VM's folder")
         svc.require_idle(path)
         dom = await _domain(ctx)
@@ -741,52 +682,62 @@ async def delete(ctx, name, undefine):
                         devices.remove(disk)
                     return bool(pairs)
                 await _redefine_disks(ctx, dom, drop)
-        await asyncio.to_thread(path.unlink)
+        await svc.io(path.unlink)
+        await svc.guard.forget(path)
     await _push(ctx, "deleted", name=path.name, path=str(path))
 
 
 @_cmd("rename", chat=("rename disk",),
-      args=(Arg("name", help="disk file name (or its path)"), Arg("newname", help="new file name")),
+      args=(Arg("name", required=False, help="disk file name (or its path)"),
+            Arg("path", required=False, help="Archipel's client: the disk path"),
+            Arg("newname", help="new file name")),
       help="rename a disk file of this VM (the definition follows)")
-async def rename(ctx, name, newname):
+async def rename(ctx, name, path, newname):
     svc = service(ctx.agent)
     uuid = ctx.entity.uuid
-    folder = svc.real_folder(uuid)
-    path = confined_file(folder, name)
+    ref = name or path
+    if not ref:
+        raise InvalidArgument("name", "required (the disk to rename; Archipel's client sends 'path')")
+    folder = await svc.real_folder(uuid)
+    src = await svc.confined(folder, ref, argument="name" if name else "path")
     validate_name(newname, "newname")
-    if Path(newname).suffix.lower() not in DISK_SUFFIXES and path.suffix:
-        newname = validate_name(newname + path.suffix, "newname")
-    target = confined_file(folder, newname, argument="newname")
+    if Path(newname).suffix.lower() not in DISK_SUFFIXES and src.suffix:
+        newname = validate_name(newname + src.suffix, "newname")
+    target = await svc.confined(folder, newname, argument="newname")
     await require_writable(ctx.agent, "rename a disk")
     async with svc.lock(uuid):
-        if not path.is_file():
-            raise NotFound(f"no disk '{path.name}' in this VM's folder")
-        if target == path:
+        if not await svc.io(_is_file, src):
+            raise NotFound(f"no disk '{src.name}' in this VM's folder")
+        if target == src:
             raise InvalidArgument("newname", "is the current name")
-        if os.path.lexists(folder / newname):
+        if await svc.io(_lexists, folder / newname):
             raise Conflict(f"a file named '{newname}' already exists in this VM's folder")
-        svc.require_idle(path)
-        info = await svc.checked_info(uuid, path)
+        svc.require_idle(src)
+        fmt, info = await svc.checked_info(uuid, src)
+        if not _suffix_fits(newname, fmt):
+            raise InvalidArgument("newname", f"'{newname}' has the suffix of another format; '{src.name}' is {fmt}")
         if info.get("snapshots"):
-            raise Conflict(f"'{path.name}' has internal snapshots, whose definitions name it: delete them first")
+            raise Conflict(f"'{src.name}' has internal snapshots, whose definitions name it: delete them first")
         dom = await _domain(ctx)
-        await _refuse_if_running_uses(ctx, dom, path, "rename")
-        users = await _backed_by(svc, folder, path)
+        await _refuse_if_running_uses(ctx, dom, src, "rename")
+        users = await _backed_by(svc, folder, src)
         if users:
-            raise Conflict(f"cannot rename '{path.name}': it is the backing file of {', '.join(users)}")
-        await asyncio.to_thread(os.rename, path, target)
+            raise Conflict(f"cannot rename '{src.name}': it is the backing file of {', '.join(users)}")
+        await svc.io(os.rename, src, target)
+        await svc.guard.move(src, target)
 
         def follow(root: ET.Element) -> bool:
-            pairs = _disk_sources(root, path)
+            pairs = _disk_sources(root, src)
             for _devices, disk in pairs:
                 disk.find("source").set("file", str(svc.folder(uuid) / target.name))
             return bool(pairs)
         try:
             await _redefine_disks(ctx, dom, follow)
         except ArchipelError:
-            await asyncio.to_thread(os.rename, target, path)
+            await svc.io(os.rename, target, src)
+            await svc.guard.move(target, src)
             raise
-    await _push(ctx, "renamed", name=target.name, path=str(target), oldname=path.name)
+    await _push(ctx, "renamed", name=target.name, path=str(target), oldname=src.name)
     return element("disk", {"name": target.name, "path": str(target)})
 
 
@@ -797,14 +748,14 @@ async def rename(ctx, name, newname):
 async def resize(ctx, name, size, unit):
     svc = service(ctx.agent)
     uuid = ctx.entity.uuid
-    path = confined_file(svc.real_folder(uuid), name)
+    path = await svc.confined(await svc.real_folder(uuid), name)
     nbytes = parse_size(size, unit, maximum=svc.cfg.max_disk_bytes)
     await require_writable(ctx.agent, "resize a disk")
     async with svc.lock(uuid), quota_lock(ctx):  # quota check + change as one step
-        if not path.is_file():
+        if not await svc.io(_is_file, path):
             raise NotFound(f"no disk '{path.name}' in this VM's folder")
         svc.require_idle(path)
-        info = await svc.checked_info(uuid, path)
+        fmt, info = await svc.checked_info(uuid, path)
         current = int(info.get("virtual-size") or 0)
         if nbytes < current:
             raise InvalidArgument("size", f"{human_size(nbytes)} is smaller than the current {human_size(current)}: "
@@ -819,15 +770,15 @@ async def resize(ctx, name, size, unit):
             disk = disks.get(path)
             if disk is not None:
                 source = disk.find("source")
-                if realpath(source.get("file")) != path:
+                if await svc.io(realpath, source.get("file")) != path:
                     raise Conflict(f"'{path.name}' is a backing file of the running VM: it cannot be resized")
                 target = disk.find("target")
                 device = target.get("dev") if target is not None else str(path)
                 await ctx.agent.libvirt.call(dom.blockResize, device, nbytes, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
                 live = True
         if not live:
-            await svc.qemu_img("resize", "-q", "-f", info.get("format", "raw"), str(path), str(nbytes))
-        info = (await svc.info(path, chain=False))[0]
+            await svc.qemu_img("resize", "-q", "-f", fmt, str(path), str(nbytes))
+        info = await svc.info(path, fmt)
     await _push(ctx, "resized", name=path.name, path=str(path), virtualSize=info.get("virtual-size"))
     return _disk_element(info, path)
 
@@ -844,19 +795,19 @@ async def convert(ctx, name, path, format, keep):
     ref = name or path
     if not ref:
         raise InvalidArgument("name", "required (the disk to convert)")
-    folder = svc.real_folder(uuid)
-    src = confined_file(folder, ref, argument="name" if name else "path")
+    folder = await svc.real_folder(uuid)
+    src = await svc.confined(folder, ref, argument="name" if name else "path")
     target_name = validate_name(src.stem + SUFFIX[format], "name")
-    target = confined_file(folder, target_name)
+    target = await svc.confined(folder, target_name)
     await require_writable(ctx.agent, "convert a disk")
     async with svc.lock(uuid), quota_lock(ctx):  # quota check + change as one step
-        if not src.is_file():
+        if not await svc.io(_is_file, src):
             raise NotFound(f"no disk '{src.name}' in this VM's folder")
         svc.require_idle(src, target)
-        info = await svc.checked_info(uuid, src)
-        if info.get("format") == format:
+        src_fmt, info = await svc.checked_info(uuid, src)
+        if src_fmt == format:
             raise InvalidArgument("format", f"'{src.name}' is already {format}")
-        if os.path.lexists(folder / target_name):
+        if await svc.io(_lexists, folder / target_name):
             raise Conflict(f"a file named '{target_name}' already exists in this VM's folder")
         if info.get("snapshots"):
             raise Conflict(f"'{src.name}' has internal snapshots that a conversion would lose: delete them first")
@@ -869,7 +820,7 @@ async def convert(ctx, name, path, format, keep):
         await check_quota(ctx, int(info.get("virtual-size") or 0))
         svc.busy[src] = "convert"
         svc.busy[target] = "convert"
-    ctx.agent.spawn(_convert_job(ctx, svc, src, target, format, keep, info.get("format", "raw")),
+    ctx.agent.spawn(_convert_job(ctx, svc, src, target, format, keep, src_fmt),
                     name=f"disk-convert-{uuid}-{src.name}")
     return element("disk", {"name": target.name, "path": str(target), "format": format, "status": "converting",
                             "source": src.name})
@@ -883,10 +834,12 @@ async def _background_job(ctx, svc: "DiskService", *, action: str, src: Path, ta
     try:
         yield
     except asyncio.CancelledError:
-        await asyncio.to_thread(_unlink_quiet, part)
+        with contextlib.suppress(Exception):
+            await svc.io(_unlink_quiet, part)
         raise
     except Exception as exc:  # noqa: BLE001 - reported by push and log
-        await asyncio.to_thread(_unlink_quiet, part)
+        with contextlib.suppress(Exception):
+            await svc.io(_unlink_quiet, part)
         message = exc.message if isinstance(exc, ArchipelError) else str(exc)
         log.warning("%s: %s of %s failed: %s", ctx.entity.jid, action, src.name, message)
         await _push(ctx, "failed", name=src.name, action=action, error=message)
@@ -903,7 +856,8 @@ async def _convert_job(ctx, svc: DiskService, src: Path, target: Path, fmt: str,
             await svc.qemu_img("convert", "-p", "-f", src_fmt, "-O", fmt, str(src), str(part), timeout=None,
                                progress=_progress_pusher(ctx, "convert", src.name))
         async with svc.lock(uuid):
-            await asyncio.to_thread(os.rename, part, target)
+            await svc.io(os.rename, part, target)
+            await svc.guard.record(target, fmt)
             dom = await _domain(ctx)
 
             def follow(root: ET.Element) -> bool:
@@ -917,7 +871,8 @@ async def _convert_job(ctx, svc: DiskService, src: Path, target: Path, fmt: str,
                 return bool(pairs)
             await _redefine_disks(ctx, dom, follow)
             if not keep:
-                await asyncio.to_thread(_unlink_quiet, src)
+                await svc.io(_unlink_quiet, src)
+                await svc.guard.forget(src)
         await _push(ctx, "converted", name=target.name, path=str(target), format=fmt, source=src.name)
 
 
@@ -937,27 +892,29 @@ async def setgolden(ctx, name, path, golden):
         raise InvalidArgument("name", "required (the disk to copy)")
     if not golden:
         raise InvalidArgument("golden", "required (the golden image name)")
-    src = confined_file(svc.real_folder(uuid), ref, argument="path" if ref == path else "name")
+    src = await svc.confined(await svc.real_folder(uuid), ref, argument="path" if ref == path else "name")
     validate_name(golden, "golden")
     if Path(golden).suffix.lower() not in DISK_SUFFIXES:
         golden = validate_name(golden + (src.suffix if src.suffix.lower() in DISK_SUFFIXES else ".qcow2"), "golden")
     gfolder = Path(svc.cfg.golden_images_path)
     await require_writable(ctx.agent, "create a golden image")
-    await asyncio.to_thread(gfolder.mkdir, parents=True, exist_ok=True)
-    target = confined_file(gfolder, golden, argument="golden", what="the golden images folder")
+    await svc.io(gfolder.mkdir, parents=True, exist_ok=True)
+    target = await svc.confined(gfolder, golden, argument="golden", what="the golden images folder")
     async with svc.lock(uuid):
-        if not src.is_file():
+        if not await svc.io(_is_file, src):
             raise NotFound(f"no disk '{src.name}' in this VM's folder")
-        if os.path.lexists(gfolder / golden) or target in svc.busy:
+        if await svc.io(_lexists, gfolder / golden) or target in svc.busy:
             raise Conflict(f"a golden image named '{golden}' already exists")
         svc.require_idle(src)
-        info = await svc.checked_info(uuid, src)
+        src_fmt, _info = await svc.checked_info(uuid, src)
+        if not _suffix_fits(golden, src_fmt):
+            raise InvalidArgument("golden", f"'{golden}' has the suffix of another format; '{src.name}' is {src_fmt}")
         dom = await _domain(ctx)
         if dom is not None and await ctx.agent.libvirt.call(dom.isActive) and src in await _domain_disk_paths(ctx, dom, live=True):
             raise Conflict(f"cannot copy '{src.name}' while the running VM writes to it: shut the VM down first")
         svc.busy[src] = "golden copy"
         svc.busy[target] = "golden copy"
-    ctx.agent.spawn(_golden_job(ctx, svc, src, target, info.get("format", "raw")), name=f"disk-golden-{uuid}-{golden}")
+    ctx.agent.spawn(_golden_job(ctx, svc, src, target, src_fmt), name=f"disk-golden-{uuid}-{golden}")
     return element("golden", {"name": target.name, "path": str(gfolder / target.name), "status": "copying",
                               "source": src.name})
 
@@ -970,9 +927,10 @@ async def _golden_job(ctx, svc: DiskService, src: Path, target: Path, src_fmt: s
             # convert, not cp: an overlay is flattened, so a golden image never has a backing file
             await svc.qemu_img("convert", "-p", "-f", src_fmt, "-O", out_fmt, str(src), str(part), timeout=None,
                                progress=_progress_pusher(ctx, "setgolden", src.name))
-        await asyncio.to_thread(os.chmod, part, 0o444)
-        if await asyncio.to_thread(os.path.lexists, target):
+        await svc.io(os.chmod, part, 0o444)
+        if await svc.io(_lexists, target):
             raise Conflict(f"a golden image named '{target.name}' appeared meanwhile")
-        await asyncio.to_thread(os.rename, part, target)
+        await svc.io(os.rename, part, target)
+        await svc.guard.record(target, out_fmt)
         await _push(ctx, "goldened", name=target.name, path=str(Path(svc.cfg.golden_images_path) / target.name),
                     source=src.name)

@@ -236,7 +236,9 @@ class VMManager:
                 raise Conflict(f"a virtual machine named '{name}' already exists")
             folder = self.folder(uuid)
             if definition is not None:
-                xml = _serialise(await self.checked_definition(plain_xml(definition), uuid, name, requester))
+                root = await self.checked_definition(plain_xml(definition), uuid, name, requester)
+                await self.agent.disk_guard.check_definition(uuid, root)  # formats pinned, chains confined (images.py)
+                xml = _serialise(root)
             else:
                 xml = domainxml.default_domain(uuid, name, domain_type=await self._domain_type())
             await self.agent.quotas.check_new(requester, parse_xml(xml), sender=requester)  # quotas.py
@@ -319,7 +321,9 @@ class VMManager:
             finally:
                 src.set_busy(None)
             new_xml = domainxml.clone_domain(xml, uuid=uuid, name=name, path_map=path_map)
-            await self.agent.libvirt.call("defineXML", _serialise(await self.checked_definition(new_xml, uuid, name, requester)))
+            root = await self.checked_definition(new_xml, uuid, name, requester)
+            await self.agent.disk_guard.check_definition(uuid, root)  # the copies, read as the source's records say
+            await self.agent.libvirt.call("defineXML", _serialise(root))
             record = VMRecord(uuid=uuid, jid=self.jid_for(uuid), password=new_password(self.agent.config.vm.password_size),
                               name=name, created=now_iso(), owner=requester, orginfo=dict(src.record.orginfo))
             await self.store.add(record)
@@ -347,6 +351,7 @@ class VMManager:
     async def define(self, entity: VMEntity, definition: ET.Element, sender: str | None = None) -> None:
         require_writable(self.agent, "define")
         root = await self.checked_definition(plain_xml(definition), entity.uuid, entity.name, entity.record.owner)
+        await self.agent.disk_guard.check_definition(entity.uuid, root)  # formats pinned, chains confined (images.py)
         async with self.agent.quotas.reserve(owner_of(entity, sender)):  # quotas.py: check + define as one step
             await self.agent.quotas.check_define(entity, root, sender=sender)
             await self.agent.libvirt.call("defineXML", _serialise(root))
@@ -362,6 +367,10 @@ class VMManager:
                     raise Conflict(f"{uuid} is already managed")
                 if uuid not in domains:
                     raise NotFound(f"no libvirt domain with uuid {uuid}")
+            for uuid in uuids:  # adopt: the admin's disks get their format recorded after the chain check (images.py)
+                dom = await self.agent.libvirt.lookup(uuid)
+                xml = await self.agent.libvirt.call(dom.XMLDesc, libvirt.VIR_DOMAIN_XML_INACTIVE)
+                await self.agent.disk_guard.check_definition(uuid, ET.fromstring(xml), adopt=True)
             for uuid in uuids:
                 record = VMRecord(uuid=uuid, jid=self.jid_for(uuid), password=new_password(self.agent.config.vm.password_size),
                                   name=domains[uuid].name, created=now_iso(), owner=requester)

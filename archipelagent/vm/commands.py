@@ -88,6 +88,9 @@ async def info(ctx):
 async def create(ctx):
     dom = await ctx.entity.domain()
     await _require_state(ctx, dom, {libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_CRASHED}, "start")
+    # a guest may have rewritten a disk header since the definition: check formats and chains again (images.py)
+    xml = await ctx.agent.libvirt.call(dom.XMLDesc, libvirt.VIR_DOMAIN_XML_INACTIVE)
+    await ctx.agent.disk_guard.check_definition(ctx.entity.uuid, ET.fromstring(xml), at_start=True)
     await ctx.agent.libvirt.call(dom.create)
     return element("domain", {"id": await ctx.agent.libvirt.call(dom.ID)})
 

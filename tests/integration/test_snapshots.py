@@ -149,3 +149,13 @@ async def test_snapshot_only_user(agent, admin, new_user, stack):
         assert info.value.is_permission_error, (namespace, action)
     assert libvirt_snapshots(stack, uuid) == ["ta-1"]
     await owner.acp(full, SNAP, "delete", {"name": "ta-1"})
+
+
+async def test_unreadable_disk_refuses_the_snapshot(agent, admin, new_user, stack):
+    """The backing check fails closed: qemu-img's error refuses the command (it was swallowed)."""
+    owner, jid, uuid, full, folder = await vm_with_qcow2(agent, admin, new_user, stack)
+    with open(folder / "root.qcow2", "r+b") as f:  # a broken qcow2 header: qemu-img cannot read the chain
+        f.write(b"QFI\xfb\x00\x00\x00\x09")
+    err = await refused(owner.acp(full, SNAP, "take", {"name": "s"}), "root.qcow2", "cannot read", code=-1050)
+    assert "backing chain" in err.text
+    assert libvirt_snapshots(stack, uuid) == []

@@ -46,7 +46,8 @@ async def test_clone_of_an_off_vm(agent, admin, stack):
     full = vm_full(jid, agent.jid)
     await wait_vm_ready(admin, full)
     disk = stack.storage_dir / uuid / "disk0.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
+    # created through the agent: only disks whose format it recorded are accepted in a definition
+    await admin.acp(full, "archipel:vm:disk", "create", {"name": "disk0", "size": "64", "unit": "M"})
     desc = (await admin.acp(full, CONTROL, "xmldesc"))[0]
     await admin.acp(full, DEFINITION, "define", children=[disk_definition(desc, str(disk))])
     clone_name = unique_name("clone")

@@ -10,8 +10,9 @@ import pytest
 from archipelagent.config import ConfigError
 from archipelagent.errors import InvalidArgument
 from archipelagent_modules import snapshots, storage
-from archipelagent_modules.storage import (PathRefused, chain_problems, confined_file, disk_file_name, parse_size,
-                                           read_config, validate_name, within)
+from archipelagent.storage.images import chain_problems, within
+from archipelagent_modules.storage import (PathRefused, confined_file, disk_file_name, parse_size, read_config,
+                                           validate_name)
 
 G = 1024 ** 3
 
@@ -114,8 +115,18 @@ def test_chain_problems(tree):
     golden = tree.base.parent / "golden"
     golden.mkdir()
     (golden / "g.qcow2").write_bytes(b"")
-    ok = [{"filename": str(tree.vm / "disk.qcow2")}, {"filename": str(golden / "g.qcow2")}]
+    ok = [{"filename": str(tree.vm / "disk.qcow2"), "format": "qcow2", "backing-filename": str(golden / "g.qcow2"),
+           "backing-filename-format": "qcow2"}, {"filename": str(golden / "g.qcow2"), "format": "qcow2"}]
     assert chain_problems(ok, [tree.vm, golden]) == []
+    # a backing file whose format the image does not state would be probed
+    probed = [dict(ok[0], **{"backing-filename-format": None}), ok[1]]
+    assert any("no explicit format" in p for p in chain_problems(probed, [tree.vm, golden]))
+    # only raw and qcow2
+    assert any("vmdk" in p for p in chain_problems([{"filename": str(tree.vm / "d.vmdk"), "format": "vmdk"}], [tree.vm]))
+    # the backing file named in the header is confined even when qemu-img did not open it
+    header = [{"filename": str(tree.vm / "disk.qcow2"), "format": "qcow2", "backing-filename": "/etc/passwd",
+               "backing-filename-format": "raw"}]
+    assert any("/etc/passwd" in p for p in chain_problems(header, [tree.vm, golden]))
     assert chain_problems([{"filename": str(tree.vm / "disk.qcow2")}, {"filename": "/etc/shadow"}], [tree.vm, golden])
     assert chain_problems([{"filename": str(tree.other / "theirs.qcow2")}], [tree.vm, golden])
     assert chain_problems([{"filename": 'json:{"driver":"file"}'}], [tree.vm])
