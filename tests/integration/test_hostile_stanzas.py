@@ -12,6 +12,7 @@ import uuid
 from collections import defaultdict
 from xml.sax.saxutils import escape, quoteattr
 
+import pytest
 import pytest_asyncio
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
@@ -212,14 +213,19 @@ def fuzz_stanza(rng: random.Random, to: str) -> tuple[str, str | None, str]:
     return f"<presence to={quoteattr(to)}{ptype}>{body()}</presence>", None, "presence"
 
 
-async def test_fuzz_every_iq_answered_once_and_entity_online(agent, new_user):
+@pytest.fixture(params=["hypervisor", "vm"])
+def fuzz_target(request, agent):
+    return agent.full_jid if request.param == "hypervisor" else request.getfixturevalue("vm")
+
+
+async def test_fuzz_every_iq_answered_once_and_entity_online(agent, new_user, fuzz_target):
     stranger = await new_user("fuzz")
     raw = RawIqs(stranger)
     rng = random.Random(10)
     since = agent.process.log_size()
     expected, silent, heads = [], [], {}
     for n in range(500):
-        stanza, iq_id, kind = fuzz_stanza(rng, agent.full_jid)
+        stanza, iq_id, kind = fuzz_stanza(rng, fuzz_target)
         stranger.xmpp.send_raw(stanza)
         if iq_id:
             expected.append(iq_id)
@@ -229,13 +235,13 @@ async def test_fuzz_every_iq_answered_once_and_entity_online(agent, new_user):
         if n % 25 == 0:
             await asyncio.sleep(0)  # let the client read replies meanwhile
     lost = await raw.wait_all(expected, timeout=120)
-    await stranger.ping(agent.full_jid)  # a last round trip: late duplicates would have arrived by now
+    await stranger.ping(fuzz_target)  # a last round trip: late duplicates would have arrived by now
     duplicated = [i for i in expected if len(raw.replies.get(i, [])) > 1]
     answered_silent = [i for i in silent if raw.replies.get(i)]
-    reconnects = reconnections(agent, agent.jid, since)
+    reconnects = reconnections(agent, fuzz_target.split("/")[0], since)
     print(f"fuzz: {len(expected)} IQ get/set sent, {len(lost)} lost, {len(duplicated)} answered twice, "
           f"{len(reconnects) // 2 if reconnects else 0} reconnections")
     assert not lost, (f"{len(lost)} of {len(expected)} IQs got no reply; reconnections: {reconnects}; "
                       f"first: {[heads[i] for i in lost[:3]]}")
     assert not duplicated and not answered_silent
-    await assert_still_online(agent, stranger, agent.full_jid, since)
+    await assert_still_online(agent, stranger, fuzz_target, since)
