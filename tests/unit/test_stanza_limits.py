@@ -114,3 +114,16 @@ def test_adhoc_xml_fields_go_through_the_safe_parser():
         AdhocTransport.form_values(command, Form("<a>" * 100 + "</a>" * 100))
     parsed = AdhocTransport.form_values(command, Form("<domain type='kvm'><name>x</name></domain>"))
     assert parsed["domain"].find("name").text == "x"
+
+
+def test_the_slixmpp_hooks_the_guards_replace_still_exist():
+    """The guard and the ad-hoc session check override slixmpp internals: fail loudly if they move."""
+    import slixmpp
+    from slixmpp.plugins.xep_0050 import XEP_0050
+
+    from archipelagent.xmpp.limits import GuardedClientXMPP
+
+    assert "_spawn_event" in vars(slixmpp.xmlstream.XMLStream)
+    assert "_spawn_event" in vars(GuardedClientXMPP)
+    assert callable(getattr(XEP_0050, "_handle_command_all", None))
+    assert callable(getattr(XEP_0050, "set_backend", None))
