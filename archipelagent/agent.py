@@ -13,6 +13,7 @@ from typing import Coroutine
 from .audit import AuditLog
 from .audit_commands import commands as audit_commands
 from .commands import Registry
+from .commands.dispatch import InFlight
 from .config import AgentConfig
 from .fsio import StorageIO
 from .modules import FeatureModule, load_modules
@@ -66,6 +67,7 @@ class Agent:
         self.permissions: PermissionCenter | None = None
         self.directory = None  # LDAP (archipelagent.directory.Directory) when [LDAP] is set
         self.audit: AuditLog | None = None  # every command, see audit.py
+        self.requests = InFlight()  # each sender's requests in flight, bounded (commands/dispatch.py)
         self.libvirt = LibvirtConnection(
             config.libvirt_uri,
             reconnect_min_delay=config.xmpp.reconnect_min_delay,

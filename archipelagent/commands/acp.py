@@ -14,7 +14,7 @@ from slixmpp.xmlstream.handler import CoroutineCallback
 from slixmpp.xmlstream.matcher import MatchXPath
 
 from ..errors import ArchipelError, MalformedRequest, UnknownAction
-from .dispatch import record_refusal, run_command
+from .dispatch import TooManyRequests, admitted, record_refusal, run_command
 from .payload import as_elements, local_name, qualify
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -74,6 +74,13 @@ class AcpTransport:
         query = iq.xml.find(f"{{{namespace}}}query")
         archipel = query.find(f"{{{namespace}}}archipel") if query is not None else None
         action = archipel.get("action") if archipel is not None else None
+        try:
+            with admitted(self.entity, iq["from"], "iq", namespace, action):
+                await self._serve(iq, namespace, archipel, action)
+        except TooManyRequests as exc:
+            self._send_error(iq, namespace, action, exc)
+
+    async def _serve(self, iq, namespace: str, archipel: ET.Element | None, action: str | None) -> None:
         started = time.perf_counter()
         dispatched = False  # past this point run_command records the request itself
         try:

@@ -3,15 +3,26 @@
 A command without arguments runs at once; one with arguments first returns a
 form whose fields are its arguments.  The permission is checked before the
 form is shown and again (by :func:`run_command`) when it is submitted.
+
+Sessions live in :class:`AdhocSessions`, not in slixmpp's plugin dict (which
+keeps every session forever): a session is freed when it completes, is
+refused or fails, is cancelled, or stays untouched :data:`SESSION_TTL`
+seconds; each sender may hold :data:`MAX_SESSIONS_PER_SENDER` open sessions
+and an entity :data:`MAX_SESSIONS`.  A session continues only for the full
+JID that opened it.
 """
 from __future__ import annotations
 
 import logging
-import xml.etree.ElementTree as ET
-from typing import TYPE_CHECKING
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, Callable
 
+from slixmpp.exceptions import XMPPError
+
+from .. import xmlsafe
 from ..errors import ArchipelError, InvalidArgument, PermissionDenied
-from .dispatch import bare_jid, record_refusal, run_command
+from .dispatch import TooManyRequests, admitted, bare_jid, record_refusal, run_command
 from .payload import as_elements, render_text
 from .registry import Command
 
@@ -20,15 +31,91 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
+COMMANDS_NS = "http://jabber.org/protocol/commands"
+SESSION_TTL = 300.0  # seconds an unfinished multi-step session may stay untouched
+MAX_SESSIONS_PER_SENDER = 8
+MAX_SESSIONS = 256  # per entity
+
+
+class AdhocSessions:
+    """The open ad-hoc sessions of one entity: bounded, expiring, freed when finished.
+
+    Installed as xep_0050's session backend (it only uses ``get``, ``[]=`` and
+    ``del``).  A session whose ``next`` step is None is finished: storing it
+    frees it instead.
+    """
+
+    def __init__(self, ttl: float = SESSION_TTL, per_sender: int = MAX_SESSIONS_PER_SENDER,
+                 limit: int = MAX_SESSIONS, clock: Callable[[], float] = time.monotonic):
+        self.ttl, self.per_sender, self.limit, self._clock = ttl, per_sender, limit, clock
+        self._sessions: OrderedDict[str, tuple[float, dict]] = OrderedDict()  # oldest touch first
+
+    def _expire(self) -> None:
+        deadline = self._clock() - self.ttl
+        while self._sessions:
+            sessionid, (touched, _session) = next(iter(self._sessions.items()))
+            if touched > deadline:
+                return
+            del self._sessions[sessionid]
+            log.debug("ad-hoc session %s expired", sessionid)
+
+    def get(self, sessionid: str, default: Any = None) -> Any:
+        self._expire()
+        entry = self._sessions.get(sessionid)
+        return entry[1] if entry else default
+
+    def __setitem__(self, sessionid: str, session: dict) -> None:
+        if session.get("next") is None:  # completed, refused or failed: nothing to keep
+            self._sessions.pop(sessionid, None)
+            return
+        self._sessions[sessionid] = (self._clock(), session)
+        self._sessions.move_to_end(sessionid)
+
+    def __delitem__(self, sessionid: str) -> None:
+        self._sessions.pop(sessionid, None)
+
+    def __len__(self) -> int:
+        self._expire()
+        return len(self._sessions)
+
+    def open_for(self, sender_bare: str) -> int:
+        self._expire()
+        return sum(1 for _t, s in self._sessions.values() if bare_jid(str(s.get("from", ""))) == sender_bare)
+
+    def check_room(self, sender_bare: str) -> None:
+        """Raise :class:`TooManyRequests` when one more session would pass a bound."""
+        if self.open_for(sender_bare) >= self.per_sender:
+            raise TooManyRequests(f"too many open ad-hoc sessions: at most {self.per_sender} per sender; "
+                                  "complete or cancel one, or wait for it to expire")
+        if len(self) >= self.limit:
+            raise TooManyRequests("too many open ad-hoc sessions on this entity; retry later")
+
 
 class AdhocTransport:
     def __init__(self, entity: "Entity"):
         self.entity = entity
+        self.sessions = AdhocSessions()
 
     def install(self) -> None:
+        xmpp = self.entity.xmpp
+        plugin = xmpp.plugin["xep_0050"]
+        plugin.set_backend(self.sessions)
+        # Continuations are checked (session known, same requester) before slixmpp
+        # routes them: slixmpp starts a new session for an unknown sessionid.
+        xmpp.del_event_handler("command", plugin._handle_command_all)
+        xmpp.add_event_handler("command", self._on_command)
         # slixmpp's xep_0050 empties the command list on every bind, so the
         # commands are (re)added at each session start.
-        self.entity.xmpp.add_event_handler("session_start", self._add_commands)
+        xmpp.add_event_handler("session_start", self._add_commands)
+
+    async def _on_command(self, iq) -> None:
+        sessionid = iq["command"]["sessionid"]
+        if sessionid:
+            session = self.sessions.get(sessionid)
+            if session is None or str(session.get("from")) != str(iq["from"]):
+                raise XMPPError("bad-request", "unknown, finished or expired ad-hoc session",
+                                extension="bad-sessionid", extension_ns=COMMANDS_NS)
+        await self.entity.xmpp.plugin["xep_0050"]._handle_command_all(iq)
 
     def _add_commands(self, _event=None) -> None:
         plugin = self.entity.xmpp.plugin["xep_0050"]
@@ -39,7 +126,10 @@ class AdhocTransport:
     def _starter(self, command: Command):
         async def start(iq, session):
             try:
-                return await self.start(command, iq, session)
+                with admitted(self.entity, iq["from"], "adhoc", command.namespace, command.action):
+                    return await self.start(command, iq, session)
+            except TooManyRequests as exc:
+                raise XMPPError("resource-constraint", exc.message, etype="wait") from None
             except ArchipelError as exc:  # e.g. LDAP unreachable during the early check
                 return self._finish(session, error=exc.message)
 
@@ -56,6 +146,11 @@ class AdhocTransport:
             return self._finish(session, error=f"Cannot use '{command.action}': permission denied")
         if not command.args:
             return await self._execute(command, session, {})
+        try:
+            self.sessions.check_room(bare_jid(iq["from"]))
+        except TooManyRequests as exc:
+            record_refusal(entity, iq["from"], "adhoc", command.namespace, command.action, exc, command=command)
+            raise
         form = entity.xmpp.plugin["xep_0004"].make_form(ftype="form", title=command.help or command.action)
         form["instructions"] = f"{command.namespace} {command.action}"
         for arg in command.args:
@@ -73,12 +168,16 @@ class AdhocTransport:
     def _submitter(self, command: Command):
         async def submit(form, session):
             try:
-                raw = self.form_values(command, form)
-            except ArchipelError as exc:
-                record_refusal(self.entity, session["sender"], "adhoc", command.namespace, command.action,
-                               exc, command=command)
-                return self._finish(session, error=exc.message)
-            return await self._execute(command, session, raw)
+                with admitted(self.entity, session["sender"], "adhoc", command.namespace, command.action):
+                    try:
+                        raw = self.form_values(command, form)
+                    except ArchipelError as exc:
+                        record_refusal(self.entity, session["sender"], "adhoc", command.namespace,
+                                       command.action, exc, command=command)
+                        return self._finish(session, error=exc.message)
+                    return await self._execute(command, session, raw)
+            except TooManyRequests as exc:  # the session stays open: the sender may submit again
+                raise XMPPError("resource-constraint", exc.message, etype="wait") from None
 
         return submit
 
@@ -92,11 +191,11 @@ class AdhocTransport:
                 value = "\n".join(value)
             if value in (None, ""):
                 continue
-            if arg.source != "attr":
+            if arg.source != "attr":  # user XML: the one safe parser (no DTD, entities, PIs; bounded)
                 try:
-                    value = ET.fromstring(value)
-                except ET.ParseError as exc:
-                    raise InvalidArgument(arg.name, f"not well-formed XML: {exc}") from None
+                    value = xmlsafe.parse_etree(value)
+                except xmlsafe.UnsafeXML as exc:
+                    raise InvalidArgument(arg.name, str(exc)) from None
             raw[arg.name] = value
         return raw
 

@@ -10,7 +10,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..errors import ArchipelError, InvalidArgument, PermissionDenied, UnknownAction
-from .dispatch import bare_jid, record_refusal, run_command
+from .dispatch import admitted, bare_jid, record_refusal, run_command
 from .payload import as_elements, render_text
 from .registry import Command
 
@@ -54,8 +54,9 @@ class ChatTransport:
         if bare_jid(msg["from"]) == self.entity.jid:
             return
         try:
-            answer = await self.answer(msg["from"], body)
-        except ArchipelError as exc:  # e.g. LDAP unreachable while checking 'message'
+            with admitted(self.entity, msg["from"], "chat", "", body.split()[0].lower()[:64]):
+                answer = await self.answer(msg["from"], body)
+        except ArchipelError as exc:  # too many requests in flight, or LDAP unreachable while checking 'message'
             answer = f"Sorry, I cannot answer now: {exc.message}."
         msg.reply(answer).send()
 

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from ..audit import record_request
-from ..errors import MissingArgument
+from ..errors import ArchipelError, MissingArgument
 from ..jids import bare_jid  # noqa: F401 - re-exported for the transports
 from .registry import Command
 
@@ -19,6 +21,71 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..xmpp.entity import Entity
 
 log = logging.getLogger(__name__)
+
+# Requests one sender may have in flight (received, not yet answered), on one entity and on the agent.
+MAX_IN_FLIGHT_PER_ENTITY = 16
+MAX_IN_FLIGHT_PER_AGENT = 512
+
+
+class TooManyRequests(ArchipelError):
+    """The sender already has as many requests in flight as allowed; retry once they are answered."""
+
+    code = -52
+    condition = "resource-constraint"
+
+
+class InFlight:
+    """Counts each sender's requests in flight, per entity and agent-wide, for every transport.
+
+    A sender flooding an entity (slow commands, or many refusals that each cost an
+    LDAP or database look-up) cannot make the agent hold unbounded work: past the
+    limit a request is refused at once with :class:`TooManyRequests`.
+    """
+
+    def __init__(self, per_entity: int = MAX_IN_FLIGHT_PER_ENTITY, per_agent: int = MAX_IN_FLIGHT_PER_AGENT):
+        self.per_entity = per_entity
+        self.per_agent = per_agent
+        self._counts: Counter = Counter()
+
+    def acquire(self, entity_jid: str, sender_bare: str) -> None:
+        """Take a place for one request, or raise :class:`TooManyRequests`."""
+        if self._counts[(entity_jid, sender_bare)] >= self.per_entity:
+            raise TooManyRequests(f"too many requests in flight: at most {self.per_entity} per sender on this "
+                                  "entity; retry when earlier ones are answered")
+        if self._counts[("", sender_bare)] >= self.per_agent:
+            raise TooManyRequests(f"too many requests in flight: at most {self.per_agent} per sender on this "
+                                  "hypervisor; retry when earlier ones are answered")
+        self._counts[(entity_jid, sender_bare)] += 1
+        self._counts[("", sender_bare)] += 1
+
+    def release(self, entity_jid: str, sender_bare: str) -> None:
+        for key in ((entity_jid, sender_bare), ("", sender_bare)):
+            self._counts[key] -= 1
+            if self._counts[key] <= 0:
+                del self._counts[key]
+
+
+@contextmanager
+def admitted(entity: "Entity", sender: Any, transport: str, namespace: str | None = None,
+             action: str | None = None) -> Iterator[None]:
+    """Hold one of the sender's in-flight places while a transport serves a request.
+
+    Every transport wraps its whole request in this, so the limit holds for IQ,
+    chat and ad-hoc alike; a refusal is audited here and raised for the
+    transport to answer in its own shape.
+    """
+    requests: InFlight = entity.agent.requests
+    sender_bare = bare_jid(str(sender))
+    try:
+        requests.acquire(entity.jid, sender_bare)
+    except TooManyRequests as exc:
+        log.debug("%s: %s request of %s refused: %s", entity.jid, transport, sender_bare, exc.message)
+        record_refusal(entity, sender, transport, namespace, action, exc)
+        raise
+    try:
+        yield
+    finally:
+        requests.release(entity.jid, sender_bare)
 
 
 @dataclass(frozen=True)

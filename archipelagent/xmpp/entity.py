@@ -24,6 +24,7 @@ from ..commands.chat import ChatTransport
 from ..commands.dispatch import bare_jid
 from ..config import is_loopback
 from ..errors import PermissionDenied, Unavailable
+from .limits import GuardedClientXMPP
 from .provisioning import HttpApiProvisioner, ProvisioningError
 from .pubsub import EventsNode
 
@@ -80,8 +81,9 @@ class Entity:
     # ------------------------------------------------------------------ setup
     def _make_client(self) -> slixmpp.ClientXMPP:
         cfg = self.agent.config.xmpp
-        xmpp = slixmpp.ClientXMPP(f"{self.jid}/{self.resource}", self._password,
-                                  ssl_context=client_ssl_context(cfg.verify_certificate, cfg.ca_file and str(cfg.ca_file)))
+        # Guarded: stanzas bounded in depth/size, every IQ answered (limits.py).
+        xmpp = GuardedClientXMPP(f"{self.jid}/{self.resource}", self._password,
+                                ssl_context=client_ssl_context(cfg.verify_certificate, cfg.ca_file and str(cfg.ca_file)))
         for plugin in PLUGINS:
             xmpp.register_plugin(plugin)
         xmpp.plugin["xep_0199"].enable_keepalive(interval=30, timeout=15)

@@ -80,7 +80,7 @@ async def test_two_concurrent_disk_creations_of_one_owner_cannot_both_pass(agent
 
 
 async def test_two_concurrent_vcpu_changes_of_one_owner_cannot_both_pass(agent, admin, new_user):
-    """Each VM's definition allows 4 vCPUs; the owner may have one more than now: one setvcpus wins."""
+    """Each VM's definition allows 2 vCPUs (the rig host may have only 2 CPUs); the owner may have one more than now: one setvcpus wins."""
     owner, jids = await owner_with_vms(agent, admin, new_user, 2)
     fulls = [vm_full(jid, agent.jid) for jid in jids]
     try:
@@ -90,7 +90,7 @@ async def test_two_concurrent_vcpu_changes_of_one_owner_cannot_both_pass(agent, 
             for el in desc.iter():
                 el.tag = el.tag.split("}", 1)[-1]
             vcpu = desc.find("vcpu")
-            vcpu.text, vcpu.attrib["current"] = "4", "1"
+            vcpu.text, vcpu.attrib["current"] = "2", "1"
             await owner.acp(full, "archipel:vm:definition", "define", children=[desc])
         usage = (await owner.acp(agent.full_jid, QUOTA_NS, "usage"))[0]
         cpus = int(next(r.get("used") for r in usage if r.get("name") == "vcpus"))
