@@ -286,7 +286,6 @@ class VMManager:
         require_writable(self.agent, "alloc")
         self._refuse_if_closing()
         entity = await self._run_critical(self._alloc(requester, name, orginfo, definition))
-        log.info("allocated VM %s (%s) for %s", entity.name, entity.uuid, requester)
         await self._push_hypervisor("alloc", entity.jid)
         return entity
 
@@ -308,7 +307,9 @@ class VMManager:
             await quota_center(self.agent).check_new(requester, parse_xml(xml), sender=requester)  # quotas.py
             await self.agent.fs.call(folder.mkdir, parents=True, exist_ok=True, what="mkdir of the VM folder")
             await self.agent.libvirt.call("defineXML", xml)
-            return await self._register(requester, uuid, name, orginfo)
+            entity = await self._register(requester, uuid, name, orginfo)
+        log.info("allocated VM %s (%s) for %s", name, uuid, requester)
+        return entity
 
     async def _register(self, requester: str, uuid: str, name: str, orginfo: dict[str, str]) -> VMEntity:
         """Row, owner's ``all``, entity (under the lock, once the domain is defined)."""
@@ -327,12 +328,11 @@ class VMManager:
         entity = self.get(uuid_or_jid)
         require_writable(self.agent, "free")  # the folder moves to the trash
         self._refuse_if_closing()
-        trashed = await self._run_critical(self._free(entity))
-        log.info("freed VM %s (%s); folder %s", entity.name, entity.uuid, trashed or "absent")
+        await self._run_critical(self._free(entity))
         await self._push_hypervisor("free", entity.jid)
         return entity.jid
 
-    async def _free(self, entity: VMEntity) -> str | None:
+    async def _free(self, entity: VMEntity) -> None:
         async with self._lock:
             self._refuse_if_closing()
             uuid = entity.uuid
@@ -351,7 +351,8 @@ class VMManager:
             del self.entities[uuid]
             await self.store.remove(uuid)
             await self.agent.permissions.store.delete_entity(entity.jid)
-            return await self.agent.fs.call(self._trash_folder, uuid, what="move of the VM folder to the trash")
+            trashed = await self.agent.fs.call(self._trash_folder, uuid, what="move of the VM folder to the trash")
+        log.info("freed VM %s (%s); folder %s", entity.name, uuid, trashed or "absent")
 
     def _trash_folder(self, uuid: str) -> str | None:
         """Move the VM folder to ``<vm_base_path>/.trash/<uuid>-<UTC time>`` (same filesystem: a rename)."""
