@@ -400,21 +400,35 @@ class VMManager:
                 await self._copy_with_progress(files, new_folder, uuid)
                 new_xml = domainxml.clone_domain(xml, uuid=uuid, name=name, path_map=path_map)
                 root = await self.checked_definition(new_xml, uuid, name)
-                entity = await self._run_critical(self._define_clone(requester, uuid, name, root, src))
-            except BaseException:
+            except BaseException:  # failed or cancelled while copying
                 await self._run_critical(self._remove_folder(new_folder))
                 raise
+            # from here on the outcome is decided by the critical task alone (a stop lets it finish)
+            entity = await self._run_critical(self._define_clone(requester, uuid, name, root, src, new_folder))
         finally:
             self._reserved_names.discard(name)
             src.set_busy(None)
         await self._push_hypervisor("clone", entity.jid, source=src.jid)
         return entity
 
-    async def _define_clone(self, requester: str, uuid: str, name: str, root, src: VMEntity) -> VMEntity:
-        async with self._lock:
-            self._refuse_if_closing()
-            await self.agent.libvirt.call("defineXML", _serialise(root))
-            return await self._register(requester, uuid, name, dict(src.record.orginfo))
+    async def _define_clone(self, requester: str, uuid: str, name: str, root, src: VMEntity, folder: Path) -> VMEntity:
+        """Define and register the copy; on failure undo the definition and remove the copied folder."""
+        defined = False
+        try:
+            async with self._lock:
+                self._refuse_if_closing()
+                await self.agent.libvirt.call("defineXML", _serialise(root))
+                defined = True
+                return await self._register(requester, uuid, name, dict(src.record.orginfo))
+        except BaseException:
+            if defined:
+                try:
+                    dom = await self.agent.libvirt.lookup(uuid)
+                    await self.agent.libvirt.call(dom.undefineFlags, UNDEFINE_FLAGS)
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("could not undefine the failed clone %s: %s", uuid, exc)
+            await self._remove_folder(folder)
+            raise
 
     async def _remove_folder(self, folder: Path) -> None:
         """A failed clone's own new folder: nothing else ever used it, so it is deleted, not trashed."""
