@@ -20,7 +20,7 @@ from agent_fixtures import PERMS_NS, client_for
 from vm_helpers import CONTROL, HV_NS, alloc, unique_name, vm_full, wait_vm_ready
 from xmpp_client import AcpError
 
-ROLE_ACTIONS = ("alloc", "clone", "free", "unmanage", "setorginfo", "rostervm")
+ROLE_ACTIONS = ("alloc", "clone", "free", "unmanage", "setorginfo", "rostervm", "message")
 
 
 def role_item(target: str, role: str, value: bool = True) -> ET.Element:
@@ -96,6 +96,9 @@ async def test_a_student_cannot_act_on_another_students_vm(agent, admin, stack, 
                                                                 ET.Element("item", {"jid": vm_a})]))
         # a VM that does not exist: the same refusal (no existence oracle)
         await denied(bob.acp(hv, HV_NS, "free", {"jid": f"{uuidlib.uuid4()}@{stack.domain}"}))
+        # chat names the VM by its name: the same check
+        assert (await bob.chat(hv, f"free {name_a}")).startswith("Sorry:")
+        assert (await bob.chat(hv, f"clone {name_a}")).startswith("Sorry:")
         # nothing changed
         assert await asyncio.to_thread(domain_uuids, stack) == domains
         assert await asyncio.to_thread(folders, stack) == dirs
