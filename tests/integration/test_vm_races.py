@@ -7,7 +7,8 @@
   monitor never answers) fill only the slow lane: ``info`` of another VM and
   the hypervisor's ``nodeinfo`` still answer;
 * SIGTERM while a free runs: after a restart the VM is fully freed or fully
-  present, never a row without a domain.
+  present, never a row without a domain;
+* SIGTERM while a clone copies: no half-copied clone folder, no domain.
 """
 from __future__ import annotations
 
@@ -209,6 +210,56 @@ async def test_sigterm_during_a_free_leaves_the_vm_whole_or_gone(stack):
             await wait_vm_ready(admin, full)
         else:
             jid = None  # fully freed
+    finally:
+        if jid:
+            try:
+                await admin.acp(handle.full_jid, HV_NS, "free", {"jid": jid})
+            except AcpError:
+                pass
+        await admin.close()
+        process.stop()
+
+
+def domain_uuids(stack) -> set[str]:
+    conn = libvirt.open(stack.libvirt_uri)
+    try:
+        return {d.UUIDString().lower() for d in conn.listAllDomains(0)}
+    finally:
+        conn.close()
+
+
+async def test_sigterm_during_a_clone_copy_leaves_no_half_copied_clone(stack):
+    """A second agent of its own, stopped by SIGTERM while a clone copies: no clone folder, no clone domain."""
+    lib_dir = stack.state_dir / "agent-sigterm-clone"
+    shutil.rmtree(lib_dir, ignore_errors=True)
+    lib_dir.mkdir(parents=True)
+    hv_jid = f"hv-termclone@{stack.domain}"
+    conf = write_config(stack, lib_dir, {"HYPERVISOR": {"hypervisor_xmpp_jid": hv_jid, "hypervisor_name": "hv-termclone"}})
+    process = AgentProcess(conf, lib_dir / "agent.out")
+    handle = AgentHandle(stack, process, hv_jid, lib_dir)
+    handle.full_jid = f"{hv_jid}/hv-termclone"
+    process.start()
+    user = stack.admin_user
+    admin = await client_for(stack, user["jid"], user["password"], "sigterm-clone-test").connect()
+    jid = None
+    try:
+        await handle.wait_ready(admin)
+        node = f"/archipel/{hv_jid}/events"
+        await admin.xmpp.plugin["xep_0060"].subscribe(stack.pubsub_domain, node, timeout=10)
+        jid = await alloc(admin, handle.full_jid, unique_name("termsrc"))
+        await wait_vm_ready(admin, f"{jid}/hv-termclone")
+        await asyncio.to_thread(write_dense_enough, stack.storage_dir / jid.split("@")[0] / "data.raw", 2 * 1024 ** 3)
+        dirs, domains = await asyncio.to_thread(folders, stack), await asyncio.to_thread(domain_uuids, stack)
+        cloning = asyncio.ensure_future(admin.acp(handle.full_jid, HV_NS, "clone", {"jid": jid}, timeout=120))
+        await admin.next_push(node, "cloning", namespace="archipel:push:hypervisor", timeout=60)
+        process.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(process.proc.wait, 60) == 0
+        cloning.cancel()
+        await asyncio.gather(cloning, return_exceptions=True)
+        assert await asyncio.to_thread(folders, stack) == dirs  # the copy's folder was removed
+        assert await asyncio.to_thread(domain_uuids, stack) == domains
+        process.start()
+        await handle.wait_ready(admin)
     finally:
         if jid:
             try:
