@@ -15,9 +15,10 @@ iterate a snapshot of the map and skip entities removed meanwhile.
 
 Stop.  The steps that must not be cut half-way (undefine → account →
 rows; define → row → grant) run as *critical* tasks, shielded from
-cancellation; :meth:`VMManager.close` refuses new changes and waits for the
-critical tasks before it stops the entities and closes the database, so a
-stop leaves every VM either fully present or fully freed.
+cancellation; :meth:`VMManager.close` refuses new changes, cancels the clone
+copies in flight (each removes its own folder), and waits for all of them
+before it stops the entities and closes the database, so a stop leaves
+every VM either fully present or fully freed, and no half-copied clone.
 """
 from __future__ import annotations
 
@@ -127,6 +128,7 @@ class VMManager:
         self._lock = asyncio.Lock()  # alloc/free/clone/manage change the map one at a time (module doc)
         self._reserved_names: set[str] = set()  # names of clones being copied
         self._critical: set[asyncio.Task] = set()  # steps a stop must let finish
+        self._copies: set[asyncio.Task] = set()  # clone copies a stop cancels (they clean up)
         self._closing = False
 
     # ----------------------------------------------------------- helpers
@@ -275,8 +277,10 @@ class VMManager:
     async def close(self) -> None:
         """Refuse new changes, let the critical steps in flight finish, then stop the entities."""
         self.refuse_changes()
-        while self._critical:
-            await asyncio.gather(*list(self._critical), return_exceptions=True)
+        for copy in list(self._copies):
+            copy.cancel()
+        while self._critical or self._copies:
+            await asyncio.gather(*self._critical, *self._copies, return_exceptions=True)
         await asyncio.gather(*(e.stop() for e in list(self.entities.values())), return_exceptions=True)
         if self.store:
             await self.store.close()
@@ -394,15 +398,10 @@ class VMManager:
         src.set_busy("Cloning...")
         try:
             await self.agent.fs.call(new_folder.mkdir, parents=True, exist_ok=False, what="mkdir of the clone's folder")
-            try:
-                files = await self.agent.fs.call(_list_files, src_folder, what="listing of the source folder")
-                path_map = {str(p): str(new_folder / p.name) for p in files}
-                await self._copy_with_progress(files, new_folder, uuid)
-                new_xml = domainxml.clone_domain(xml, uuid=uuid, name=name, path_map=path_map)
-                root = await self.checked_definition(new_xml, uuid, name)
-            except BaseException:  # failed or cancelled while copying
-                await self._run_critical(self._remove_folder(new_folder))
-                raise
+            copy = asyncio.ensure_future(self._copy_clone(xml, src_folder, new_folder, uuid, name))
+            self._copies.add(copy)  # a stop cancels it (and waits for its clean-up)
+            copy.add_done_callback(self._copies.discard)
+            root = await copy
             # from here on the outcome is decided by the critical task alone (a stop lets it finish)
             entity = await self._run_critical(self._define_clone(requester, uuid, name, root, src, new_folder))
         finally:
@@ -410,6 +409,18 @@ class VMManager:
             src.set_busy(None)
         await self._push_hypervisor("clone", entity.jid, source=src.jid)
         return entity
+
+    async def _copy_clone(self, xml: str, src_folder: Path, new_folder: Path, uuid: str, name: str):
+        """Copy the files and check the new definition; failed or cancelled, the new folder goes."""
+        try:
+            files = await self.agent.fs.call(_list_files, src_folder, what="listing of the source folder")
+            path_map = {str(p): str(new_folder / p.name) for p in files}
+            await self._copy_with_progress(files, new_folder, uuid)
+            new_xml = domainxml.clone_domain(xml, uuid=uuid, name=name, path_map=path_map)
+            return await self.checked_definition(new_xml, uuid, name)
+        except BaseException:
+            await self._run_critical(self._remove_folder(new_folder))
+            raise
 
     async def _define_clone(self, requester: str, uuid: str, name: str, root, src: VMEntity, folder: Path) -> VMEntity:
         """Define and register the copy; on failure undo the definition and remove the copied folder."""
