@@ -17,7 +17,7 @@ from .commands.dispatch import InFlight
 from .config import AgentConfig
 from .fsio import StorageIO
 from .modules import FeatureModule, load_modules
-from .hypervisor.commands import commands as hypervisor_commands
+from .hypervisor.commands import EXTRA_PERMISSIONS as vm_target_permissions, commands as hypervisor_commands
 from .hypervisor.entity import HypervisorEntity
 from .hypervisor.vms import VMManager
 from .permissions import Permission, PermissionCenter, PermissionStore
@@ -55,7 +55,7 @@ def declare_permissions(center: PermissionCenter, registry: Registry) -> None:
         for command in registry.for_kind(kind):
             if command.permission:
                 center.declare(kind, Permission(command.permission, command.permission_description))
-    for kind, permission in quota_permissions:  # checked by a handler (quota usage of others)
+    for kind, permission in (*quota_permissions, *vm_target_permissions):  # checked by handlers
         center.declare(kind, permission)
 
 
@@ -121,8 +121,10 @@ class Agent:
         await self.vms.load()
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
+        """Stop in order; background tasks are cancelled *and awaited*, and the VM
+        operations in flight finish their critical steps first (``VMManager.close``)."""
+        self.vms.refuse_changes()
+        await self._cancel_tasks()
         if self.storage_health:
             await self.storage_health.stop()
         await self.vms.close()
@@ -138,6 +140,17 @@ class Agent:
             await self.permissions.store.close()
         if self.directory:
             await self.directory.close()
+
+    async def _cancel_tasks(self, timeout: float = 60) -> None:
+        """Cancel the background tasks and wait for them (a cancelled free still
+        finishes its critical steps: ``VMManager.close`` waits for those)."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=timeout)
+            for task in pending:
+                log.warning("background task %s did not stop within %.0f s", task.get_name(), timeout)
 
     def _on_libvirt_state(self, connected: bool) -> None:
         if connected:

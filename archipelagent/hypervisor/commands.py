@@ -1,16 +1,69 @@
-"""``archipel:hypervisor:control`` actions of issue 2 (VM actions come later)."""
+"""``archipel:hypervisor:control``: the hypervisor's own facts and the VM lifecycle.
+
+Tenancy: an action of the hypervisor that names a VM (free, clone, unmanage,
+setorginfo) needs the hypervisor's permission (checked by dispatch) *and* a
+right on that VM.  Handlers turn a VM reference into an entity only through
+:func:`vm_targets`, which checks that right first, so no such action escapes
+it; :data:`VM_PERMISSIONS` says which right each action needs.
+"""
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
 from ..commands import Arg, CommandSet, element
 from ..commands.payload import local_name
-from ..errors import MissingArgument, Unavailable
+from ..errors import MissingArgument, NotFound, Unavailable
+from ..permissions import Permission
 from .address import machine_address
 
 NS = "archipel:hypervisor:control"
 
 commands = CommandSet()
+
+# The right on the named VM each hypervisor action needs (the VM's owner holds them through ``all``).
+VM_PERMISSIONS = {
+    "free": "free",
+    "clone": "clone",
+    "unmanage": "unmanage",
+    "setorginfo": "setorginfo",
+}
+
+# Declared on the VM kind by the wiring (``free`` is also a VM command of its own).
+EXTRA_PERMISSIONS = (
+    ("vm", Permission("clone", "Clone this VM through the hypervisor (read its disks)")),
+    ("vm", Permission("unmanage", "Release this VM from the agent through the hypervisor (domain and files stay)")),
+    ("vm", Permission("setorginfo", "Rename this VM and set its vCard fields through the hypervisor")),
+)
+
+
+async def vm_targets(ctx, refs: list[str]):
+    """The VM entities ``refs`` name, once the sender holds the action's right on every one.
+
+    The right is checked on the JID the reference names before looking the VM
+    up, so a sender without it learns nothing (``-1`` whether or not the VM
+    exists); all are checked before any is returned, so a refused item leaves
+    the others untouched.  Chat may name a VM by its name.
+    """
+    vms = ctx.agent.vms
+    permission = VM_PERMISSIONS[ctx.command.action]
+    jids = []
+    for ref in refs:
+        by_name = next((e for e in vms.entities.values() if e.name == ref), None) if ctx.transport == "chat" else None
+        jids.append(by_name.jid if by_name is not None else vms.jid_for(ref.split("@", 1)[0].split("/", 1)[0].lower()))
+    for jid in jids:
+        await ctx.agent.permissions.require(jid, "vm", ctx.sender_bare, permission, action=ctx.command.action)
+    entities = []
+    for jid in jids:
+        try:
+            entities.append(vms.get(jid))
+        except NotFound:
+            raise NotFound(f"no virtual machine {jid} on this hypervisor") from None
+    return entities
+
+
+async def vm_target(ctx, ref: str):
+    """One VM, see :func:`vm_targets`."""
+    return (await vm_targets(ctx, [ref]))[0]
 
 
 def _render_nodeinfo(payload) -> str:
@@ -102,7 +155,7 @@ async def alloc(ctx, name, orgname, orgunit, locality, userid, categories, domai
     chat_render=lambda p: f"Freed {p[0].get('jid')}.",
 )
 async def free(ctx, jid):
-    target = ctx.agent.vms.find(jid) if ctx.transport == "chat" else ctx.agent.vms.get(jid)
+    target = await vm_target(ctx, jid)
     return element("virtualmachine", {"jid": await ctx.agent.vms.free(target.uuid)})
 
 
@@ -113,7 +166,7 @@ async def free(ctx, jid):
     chat_render=lambda p: f"Cloned into {p[0].get('jid')}.",
 )
 async def clone(ctx, jid, name):
-    source = ctx.agent.vms.find(jid) if ctx.transport == "chat" else ctx.agent.vms.get(jid)
+    source = await vm_target(ctx, jid)
     return _vm_reply(await ctx.agent.vms.clone(ctx.sender_bare, source.uuid, name))
 
 
@@ -136,7 +189,7 @@ async def manage(ctx, items):
 
 @commands.command(NS, "unmanage", kinds=("hypervisor",), args=ITEMS_ARG, adhoc=False, help="release VM entities (domains and files are kept)")
 async def unmanage(ctx, items):
-    released = await ctx.agent.vms.unmanage(_item_uuids(items))
+    released = await ctx.agent.vms.unmanage([e.uuid for e in await vm_targets(ctx, _item_uuids(items))])
     return [element("virtualmachine", {"jid": jid}) for jid in released]
 
 
@@ -150,5 +203,5 @@ ORG_TAGS = ("FN", "ORGNAME", "ORGUNIT", "USERID", "LOCALITY", "CATEGORIES")
 )
 async def setorginfo(ctx, target, fields):
     values = {local_name(c.tag).upper(): (c.text or "").strip() for c in fields or [] if local_name(c.tag).upper() in ORG_TAGS}
-    entity = await ctx.agent.vms.set_orginfo(target, values)
+    entity = await ctx.agent.vms.set_orginfo((await vm_target(ctx, target)).uuid, values)
     return _vm_reply(entity)

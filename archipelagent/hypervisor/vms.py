@@ -4,6 +4,21 @@ One object owns the map uuid → VM entity, the VM database and the VM folders
 on the shared storage, so every path that creates or removes a VM goes
 through the same steps (and the same order of steps) whatever transport
 asked for it.
+
+Lock rules.  ``_lock`` serialises the changes of the map, the database and
+libvirt's definitions (alloc, free, clone's reservation and registration,
+manage, unmanage); it is never held across a disk copy.  A clone reserves
+its uuid and name under the lock, copies outside it (into its own new
+folder, which it removes if anything fails or it is cancelled), and takes
+the lock again to define and register.  Readers that await (reconcile)
+iterate a snapshot of the map and skip entities removed meanwhile.
+
+Stop.  The steps that must not be cut half-way (undefine → account →
+rows; define → row → grant) run as *critical* tasks, shielded from
+cancellation; :meth:`VMManager.close` refuses new changes, cancels the clone
+copies in flight (each removes its own folder), and waits for all of them
+before it stops the entities and closes the database, so a stop leaves
+every VM either fully present or fully freed, and no half-copied clone.
 """
 from __future__ import annotations
 
@@ -75,16 +90,33 @@ def _serialise(root) -> str:
     return etree.tostring(root, encoding="unicode")
 
 
-def _copy_file(src: Path, dst: Path, report: Callable[[int], None]) -> None:
-    """Blocking copy with progress (worker thread)."""
-    total = max(1, src.stat().st_size)
-    done = 0
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
-        while chunk := fin.read(COPY_CHUNK):
-            fout.write(chunk)
-            done += len(chunk)
-            report(done * 100 // total)
+def _copy_chunk(fin, fout) -> int:
+    """Copy one chunk (blocking, storage pool); a chunk of zeros becomes a hole (images stay sparse)."""
+    chunk = fin.read(COPY_CHUNK)
+    if chunk.count(0) == len(chunk):
+        fout.seek(len(chunk), 1)
+    else:
+        fout.write(chunk)
+    return len(chunk)
+
+
+def _finish_copy(fin, fout, src: Path, dst: Path, size: int) -> None:
+    fout.truncate(size)  # a trailing hole
+    fin.close()
+    fout.close()
     shutil.copystat(src, dst)
+
+
+def _close_quietly(*files) -> None:
+    for f in files:
+        try:
+            f.close()
+        except OSError:
+            pass
+
+
+def _list_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file()) if folder.exists() else []
 
 
 class VMManager:
@@ -93,7 +125,11 @@ class VMManager:
         self.store: VMStore | None = None
         self.entities: dict[str, VMEntity] = {}
         self._login_gate = asyncio.Semaphore(LOGIN_CONCURRENCY)
-        self._lock = asyncio.Lock()  # alloc/free/clone/manage change the map one at a time
+        self._lock = asyncio.Lock()  # alloc/free/clone/manage change the map one at a time (module doc)
+        self._reserved_names: set[str] = set()  # names of clones being copied
+        self._critical: set[asyncio.Task] = set()  # steps a stop must let finish
+        self._copies: set[asyncio.Task] = set()  # clone copies a stop cancels (they clean up)
+        self._closing = False
 
     # ----------------------------------------------------------- helpers
     @property
@@ -151,8 +187,8 @@ class VMManager:
         return self.get(name_or_uuid)
 
     async def _name_taken(self, name: str) -> bool:
-        """Names are unique across managed entities and every libvirt domain (one RPC, not a listing)."""
-        if any(e.name == name for e in self.entities.values()):
+        """Names are unique across managed entities, clones being copied and every libvirt domain (one RPC)."""
+        if name in self._reserved_names or any(e.name == name for e in self.entities.values()):
             return True
         try:
             await self.agent.libvirt.call("lookupByName", name)
@@ -189,6 +225,31 @@ class VMManager:
         await hv.push("hypervisor", change, [child])
         hv.refresh_presence()
 
+    # ------------------------------------------------- critical sections
+    def _refuse_if_closing(self) -> None:
+        if self._closing:
+            raise Unavailable("the agent is stopping")
+
+    async def _run_critical(self, coro: Awaitable):
+        """Run ``coro`` to its end even if the caller is cancelled (a stop); :meth:`close` waits for it."""
+        task = asyncio.ensure_future(coro)
+        self._critical.add(task)
+        task.add_done_callback(self._critical_done)
+        return await asyncio.shield(task)
+
+    def _critical_done(self, task: asyncio.Task) -> None:
+        self._critical.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("critical VM operation failed: %s", task.exception())  # the caller reports it
+
+    async def _announce_gone(self, entity: VMEntity, status: str) -> None:
+        """Unavailable presence, then the account goes (ejabberd's removal tells no subscriber)."""
+        try:
+            await entity.remove_account(status=status)
+        except Exception as exc:  # noqa: BLE001 - the account must not block the removal
+            log.warning("VM %s: account removal failed: %s", entity.uuid, exc)
+        await entity.stop()
+
     # ------------------------------------------------------- start / stop
     async def open(self) -> None:
         self.store = await VMStore.open(self.agent.config.hypervisor.database_path)
@@ -208,7 +269,10 @@ class VMManager:
         """
         domains = {d.uuid: d for d in await self.agent.libvirt.list_domains()}
         report = {"missing_domain": [], "unmanaged_domains": []}
-        for uuid, entity in self.entities.items():
+        # A snapshot: alloc/free may change the map while this awaits (refresh_state).
+        for uuid, entity in list(self.entities.items()):
+            if self.entities.get(uuid) is not entity or entity._stopping:
+                continue  # freed or unmanaged meanwhile
             if uuid not in domains:
                 report["missing_domain"].append(uuid)
                 log.warning("VM %s (%s): its libvirt domain is gone (entity kept, shown as Not defined)", entity.name, uuid)
@@ -218,15 +282,32 @@ class VMManager:
             log.info("%d libvirt domains are not managed by the agent (see rostervm / manage)", len(report["unmanaged_domains"]))
         return report
 
+    def refuse_changes(self) -> None:
+        """From now on alloc/free/clone/manage/unmanage answer ``-48`` (the agent is stopping)."""
+        self._closing = True
+
     async def close(self) -> None:
-        await asyncio.gather(*(e.stop() for e in self.entities.values()), return_exceptions=True)
+        """Refuse new changes, let the critical steps in flight finish, then stop the entities."""
+        self.refuse_changes()
+        for copy in list(self._copies):
+            copy.cancel()
+        while self._critical or self._copies:
+            await asyncio.gather(*self._critical, *self._copies, return_exceptions=True)
+        await asyncio.gather(*(e.stop() for e in list(self.entities.values())), return_exceptions=True)
         if self.store:
             await self.store.close()
 
     # --------------------------------------------------------------- alloc
     async def alloc(self, requester: str, *, name: str | None, orginfo: dict[str, str], definition: ET.Element | None) -> VMEntity:
         require_writable(self.agent, "alloc")
-        async with self._lock, self.agent.quotas.reserve(requester):  # quota check + define as one step
+        self._refuse_if_closing()
+        entity = await self._run_critical(self._alloc(requester, name, orginfo, definition))
+        await self._push_hypervisor("alloc", entity.jid)
+        return entity
+
+    async def _alloc(self, requester: str, name: str | None, orginfo: dict[str, str], definition: ET.Element | None) -> VMEntity:
+        async with self.agent.quotas.reserve(requester), self._lock:  # quota lock first, always (quotas.py)
+            self._refuse_if_closing()
             uuid = str(uuidlib.uuid4())
             if name:
                 validate_name(name)
@@ -242,17 +323,21 @@ class VMManager:
             else:
                 xml = domainxml.default_domain(uuid, name, domain_type=await self._domain_type())
             await self.agent.quotas.check_new(requester, parse_xml(xml), sender=requester)  # quotas.py
-            await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+            await self.agent.fs.call(folder.mkdir, parents=True, exist_ok=True, what="mkdir of the VM folder")
             await self.agent.libvirt.call("defineXML", xml)
-            record = VMRecord(uuid=uuid, jid=self.jid_for(uuid), password=new_password(self.agent.config.vm.password_size),
-                              name=name, created=now_iso(), owner=requester, orginfo=orginfo)
-            await self.store.add(record)
-            await self.agent.permissions.set_permission(record.jid, "vm", requester, "all", True)
-            entity = self._new_entity(record)
-            entity.pending_subscribe = requester
-            self._start_entity(entity)
+            entity = await self._register(requester, uuid, name, orginfo)
         log.info("allocated VM %s (%s) for %s", name, uuid, requester)
-        await self._push_hypervisor("alloc", record.jid)
+        return entity
+
+    async def _register(self, requester: str, uuid: str, name: str, orginfo: dict[str, str]) -> VMEntity:
+        """Row, owner's ``all``, entity (under the lock, once the domain is defined)."""
+        record = VMRecord(uuid=uuid, jid=self.jid_for(uuid), password=new_password(self.agent.config.vm.password_size),
+                          name=name, created=now_iso(), owner=requester, orginfo=orginfo)
+        await self.store.add(record)
+        await self.agent.permissions.set_permission(record.jid, "vm", requester, "all", True)
+        entity = self._new_entity(record)
+        entity.pending_subscribe = requester
+        self._start_entity(entity)
         return entity
 
     # ---------------------------------------------------------------- free
@@ -260,8 +345,17 @@ class VMManager:
         """Destroy and undefine the domain, remove the account and rows; trash the folder."""
         entity = self.get(uuid_or_jid)
         require_writable(self.agent, "free")  # the folder moves to the trash
+        self._refuse_if_closing()
+        await self._run_critical(self._free(entity))
+        await self._push_hypervisor("free", entity.jid)
+        return entity.jid
+
+    async def _free(self, entity: VMEntity) -> None:
         async with self._lock:
+            self._refuse_if_closing()
             uuid = entity.uuid
+            if self.entities.get(uuid) is not entity:
+                raise NotFound(f"no virtual machine {uuid} on this hypervisor")  # freed meanwhile
             entity.set_busy("Freeing...")
             try:
                 dom = await self.agent.libvirt.lookup(uuid)
@@ -271,18 +365,12 @@ class VMManager:
                 if await self.agent.libvirt.call(dom.isActive):
                     await self.agent.libvirt.call(dom.destroy)
                 await self.agent.libvirt.call(dom.undefineFlags, UNDEFINE_FLAGS)
-            try:
-                await entity.remove_account()
-            except Exception as exc:  # noqa: BLE001 - the account must not block freeing
-                log.warning("VM %s: account removal failed: %s", uuid, exc)
-            await entity.stop()
+            await self._announce_gone(entity, "Freed")
             del self.entities[uuid]
             await self.store.remove(uuid)
             await self.agent.permissions.store.delete_entity(entity.jid)
-            trashed = await asyncio.to_thread(self._trash_folder, uuid)
+            trashed = await self.agent.fs.call(self._trash_folder, uuid, what="move of the VM folder to the trash")
         log.info("freed VM %s (%s); folder %s", entity.name, uuid, trashed or "absent")
-        await self._push_hypervisor("free", entity.jid)
-        return entity.jid
 
     def _trash_folder(self, uuid: str) -> str | None:
         """Move the VM folder to ``<vm_base_path>/.trash/<uuid>-<UTC time>`` (same filesystem: a rename)."""
@@ -297,55 +385,110 @@ class VMManager:
 
     # --------------------------------------------------------------- clone
     async def clone(self, requester: str, source: str, name: str | None) -> VMEntity:
-        """Copy an off VM: new UUID and MACs, disks in the VM folder copied with progress pushes."""
+        """Copy an off VM: new UUID and MACs, disks in the VM folder copied with progress pushes.
+
+        The uuid and name are reserved under the lock, the copy runs outside
+        it (alloc and free of others go on meanwhile), and the definition and
+        registration take the lock again.  If anything fails or the clone is
+        cancelled, its own new folder is removed.
+        """
         src = self.get(source)
         require_writable(self.agent, "clone")
+        self._refuse_if_closing()
         dom = await self.agent.libvirt.lookup(src.uuid)
         state, _ = await self.agent.libvirt.call(dom.state)
         if state not in (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_CRASHED):
             raise Conflict(f"the source VM '{src.name}' must be shut off to be cloned")
         xml = await self.agent.libvirt.call(dom.XMLDesc, libvirt.VIR_DOMAIN_XML_INACTIVE)
-        async with self._lock, self.agent.quotas.reserve(requester):  # quota check + copy as one step
-            uuid = str(uuidlib.uuid4())
-            name = validate_name(name) if name else f"{src.name}-clone"
-            if await self._name_taken(name):
-                raise Conflict(f"a virtual machine named '{name}' already exists")
-            await self.agent.quotas.check_clone(requester, src, sender=requester)  # quotas.py
+        async with self.agent.quotas.reserve(requester):  # the owner's quota stays reserved until the copy registers
+            async with self._lock:
+                self._refuse_if_closing()
+                uuid = str(uuidlib.uuid4())
+                name = validate_name(name) if name else f"{src.name}-clone"
+                if await self._name_taken(name):
+                    raise Conflict(f"a virtual machine named '{name}' already exists")
+                await self.agent.quotas.check_clone(requester, src, sender=requester)  # quotas.py
+                self._reserved_names.add(name)
             src_folder, new_folder = self.folder(src.uuid), self.folder(uuid)
-            await asyncio.to_thread(new_folder.mkdir, parents=True, exist_ok=True)
-            files = await asyncio.to_thread(lambda: sorted(p for p in src_folder.iterdir() if p.is_file()) if src_folder.exists() else [])
-            path_map = {str(p): str(new_folder / p.name) for p in files}
             src.set_busy("Cloning...")
             try:
-                await self._copy_with_progress(files, new_folder, uuid)
+                await self.agent.fs.call(new_folder.mkdir, parents=True, exist_ok=False, what="mkdir of the clone's folder")
+                copy = asyncio.ensure_future(self._copy_clone(xml, src_folder, new_folder, uuid, name, requester))
+                self._copies.add(copy)  # a stop cancels it (and waits for its clean-up)
+                copy.add_done_callback(self._copies.discard)
+                root = await copy
+                # from here on the outcome is decided by the critical task alone (a stop lets it finish)
+                entity = await self._run_critical(self._define_clone(requester, uuid, name, root, src, new_folder))
             finally:
+                self._reserved_names.discard(name)
                 src.set_busy(None)
+        await self._push_hypervisor("clone", entity.jid, source=src.jid)
+        return entity
+
+    async def _copy_clone(self, xml: str, src_folder: Path, new_folder: Path, uuid: str, name: str, requester: str):
+        """Copy the files and check the new definition; failed or cancelled, the new folder goes."""
+        try:
+            files = await self.agent.fs.call(_list_files, src_folder, what="listing of the source folder")
+            path_map = {str(p): str(new_folder / p.name) for p in files}
+            await self._copy_with_progress(files, new_folder, uuid)
             new_xml = domainxml.clone_domain(xml, uuid=uuid, name=name, path_map=path_map)
             root = await self.checked_definition(new_xml, uuid, name, requester)
             await self.agent.disk_guard.check_definition(uuid, root)  # the copies, read as the source's records say
-            await self.agent.libvirt.call("defineXML", _serialise(root))
-            record = VMRecord(uuid=uuid, jid=self.jid_for(uuid), password=new_password(self.agent.config.vm.password_size),
-                              name=name, created=now_iso(), owner=requester, orginfo=dict(src.record.orginfo))
-            await self.store.add(record)
-            await self.agent.permissions.set_permission(record.jid, "vm", requester, "all", True)
-            entity = self._new_entity(record)
-            entity.pending_subscribe = requester
-            self._start_entity(entity)
-        await self._push_hypervisor("clone", record.jid, source=src.jid)
-        return entity
+            return root
+        except BaseException:
+            await self._run_critical(self._remove_folder(new_folder))
+            raise
+
+    async def _define_clone(self, requester: str, uuid: str, name: str, root, src: VMEntity, folder: Path) -> VMEntity:
+        """Define and register the copy; on failure undo the definition and remove the copied folder."""
+        defined = False
+        try:
+            async with self._lock:
+                self._refuse_if_closing()
+                await self.agent.libvirt.call("defineXML", _serialise(root))
+                defined = True
+                return await self._register(requester, uuid, name, dict(src.record.orginfo))
+        except BaseException:
+            if defined:
+                try:
+                    dom = await self.agent.libvirt.lookup(uuid)
+                    await self.agent.libvirt.call(dom.undefineFlags, UNDEFINE_FLAGS)
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("could not undefine the failed clone %s: %s", uuid, exc)
+            await self._remove_folder(folder)
+            raise
+
+    async def _remove_folder(self, folder: Path) -> None:
+        """A failed clone's own new folder: nothing else ever used it, so it is deleted, not trashed."""
+        try:
+            await self.agent.fs.call(shutil.rmtree, folder, ignore_errors=True, what="removal of a failed clone's folder")
+        except Exception as exc:  # noqa: BLE001 - report, the clone's own error matters more
+            log.warning("could not remove the folder %s of a failed clone: %s", folder, exc)
 
     async def _copy_with_progress(self, files: list[Path], dest: Path, uuid: str) -> None:
-        loop = asyncio.get_running_loop()
-        last = {"pct": -1}
-
-        def report(pct: int) -> None:
-            if pct >= last["pct"] + 10 or pct == 100:
-                last["pct"] = pct
-                loop.call_soon_threadsafe(lambda p=pct: self.agent.spawn(
-                    self._push_hypervisor("cloning", self.jid_for(uuid), progress=p), name="clone-progress"))
-
-        for path in files:
-            await asyncio.to_thread(_copy_file, path, dest / path.name, report)
+        """Chunk by chunk in the storage pool: a hung storage times out, a stop cancels between chunks."""
+        fs = self.agent.fs
+        sizes = [await fs.call(lambda p=p: p.stat().st_size, what="stat of a disk to clone") for p in files]
+        total, done, last = max(1, sum(sizes)), 0, -1
+        for path, size in zip(files, sizes):
+            target = dest / path.name
+            fin = await fs.call(open, path, "rb", what="open of a disk to clone")
+            try:
+                fout = await fs.call(open, target, "xb", what="creation of a cloned disk")
+            except BaseException:
+                await fs.call(_close_quietly, fin)
+                raise
+            try:
+                while copied := await fs.call(_copy_chunk, fin, fout, what="copy of a disk chunk"):
+                    done += copied
+                    pct = done * 100 // total
+                    if pct >= last + 10:
+                        last = pct
+                        self.agent.spawn(self._push_hypervisor("cloning", self.jid_for(uuid), progress=pct), name="clone-progress")
+                await fs.call(_finish_copy, fin, fout, path, target, size, what="end of a disk copy")
+            except BaseException:
+                await asyncio.shield(fs.call(_close_quietly, fin, fout))
+                raise
 
     # -------------------------------------------------------------- define
     async def define(self, entity: VMEntity, definition: ET.Element, sender: str | None = None) -> None:
@@ -359,8 +502,16 @@ class VMManager:
     # ------------------------------------------------------ manage/unmanage
     async def manage(self, requester: str, uuids: list[str]) -> list[str]:
         """Adopt existing libvirt domains as entities (same UUID, same XML)."""
+        self._refuse_if_closing()
+        adopted = await self._run_critical(self._manage(requester, uuids))
+        for jid in adopted:
+            await self._push_hypervisor("manage", jid)
+        return adopted
+
+    async def _manage(self, requester: str, uuids: list[str]) -> list[str]:
         adopted = []
         async with self._lock:
+            self._refuse_if_closing()
             domains = {d.uuid: d for d in await self.agent.libvirt.list_domains()}
             for uuid in uuids:
                 if uuid in self.entities:
@@ -372,35 +523,31 @@ class VMManager:
                 xml = await self.agent.libvirt.call(dom.XMLDesc, libvirt.VIR_DOMAIN_XML_INACTIVE)
                 await self.agent.disk_guard.check_definition(uuid, ET.fromstring(xml), adopt=True)
             for uuid in uuids:
-                record = VMRecord(uuid=uuid, jid=self.jid_for(uuid), password=new_password(self.agent.config.vm.password_size),
-                                  name=domains[uuid].name, created=now_iso(), owner=requester)
-                await self.store.add(record)
-                await self.agent.permissions.set_permission(record.jid, "vm", requester, "all", True)
-                entity = self._new_entity(record)
-                entity.pending_subscribe = requester
-                self._start_entity(entity)
-                adopted.append(record.jid)
-        for jid in adopted:
-            await self._push_hypervisor("manage", jid)
+                entity = await self._register(requester, uuid, domains[uuid].name, {})
+                adopted.append(entity.jid)
         return adopted
 
     async def unmanage(self, uuids: list[str]) -> list[str]:
         """Release entities: the domain and its files stay, the account goes."""
         entities = [self.get(u) for u in uuids]
+        self._refuse_if_closing()
+        released = await self._run_critical(self._unmanage(entities))
+        for jid in released:
+            await self._push_hypervisor("unmanage", jid)
+        return released
+
+    async def _unmanage(self, entities: list[VMEntity]) -> list[str]:
         released = []
         async with self._lock:
+            self._refuse_if_closing()
             for entity in entities:
-                try:
-                    await entity.remove_account()
-                except Exception as exc:  # noqa: BLE001
-                    log.warning("VM %s: account removal failed: %s", entity.uuid, exc)
-                await entity.stop()
+                if self.entities.get(entity.uuid) is not entity:
+                    continue  # freed or unmanaged meanwhile
+                await self._announce_gone(entity, "Unmanaged")
                 del self.entities[entity.uuid]
                 await self.store.remove(entity.uuid)
                 await self.agent.permissions.store.delete_entity(entity.jid)
                 released.append(entity.jid)
-        for jid in released:
-            await self._push_hypervisor("unmanage", jid)
         return released
 
     # ----------------------------------------------------------- orginfo

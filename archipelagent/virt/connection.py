@@ -2,8 +2,17 @@
 
 * libvirt's event loop runs on the asyncio loop (libvirtaio), so lifecycle
   events and the close callback are delivered on the loop thread.
-* Blocking libvirt calls run in a small bounded thread pool (``workers``,
-  default 4) through :meth:`LibvirtConnection.call`; never a thread per VM.
+* Blocking libvirt calls run in bounded thread pools through
+  :meth:`LibvirtConnection.call`; never a thread per VM.  There are two
+  lanes: a quick lane (``workers``, default 4) for the calls that answer in
+  milliseconds (state, info, XML, define, lookups) and a slow lane
+  (``slow_workers``, default 4) for the calls that can take seconds or hang
+  with the guest (destroy of a QEMU stuck in I/O, screenshots and memory
+  snapshots waiting on a stopped monitor, starts, resizes, migrations).  A
+  call goes to the slow lane when its libvirt method is in
+  :data:`SLOW_CALLS` or the caller says ``slow=True``; however many slow
+  calls hang, they can never take a thread of the quick lane, so ``info``
+  and presence keep working for every other VM.
 * When libvirtd goes away (close callback, keepalive timeout, or a call
   failing with a connection error) the connection is marked down, state
   listeners get ``False``, and it is reopened with jittered exponential
@@ -47,7 +56,7 @@ from archipelagent.virt import events as ev
 from archipelagent.virt.nodeinfo import decode_version, node_info_from_getinfo
 
 __all__ = ["LibvirtConnection", "DomainSummary", "ThreadSafeAsyncIOImpl",
-           "register_event_impl", "is_connection_error"]
+           "register_event_impl", "is_connection_error", "SLOW_CALLS"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +73,15 @@ _CONNECTION_ERROR_CODES = frozenset({
     libvirt.VIR_ERR_NO_CONNECT,
     libvirt.VIR_ERR_INVALID_CONN,
 })
+# libvirt methods (by name) that may take seconds or hang with the guest: the slow lane.
+SLOW_CALLS = frozenset({
+    "create", "createWithFlags", "destroy", "destroyFlags", "screenshot",
+    "snapshotCreateXML", "revertToSnapshot", "delete",
+    "managedSave", "save", "restore", "coreDump", "coreDumpWithFormat",
+    "blockResize", "blockCommit", "blockPull", "blockRebase", "blockCopy",
+    "migrate", "migrate2", "migrate3", "migrateToURI", "migrateToURI2", "migrateToURI3",
+})
+
 _CONNECTION_ERROR_TEXTS = ("client socket is closed", "end of file while reading",
                            "cannot recv data", "cannot write data",
                            "connection reset by peer", "broken pipe")
@@ -287,13 +305,16 @@ class LibvirtConnection:
 
     def __init__(self, uri: str, *, loop: asyncio.AbstractEventLoop | None = None,
                  reconnect_min_delay: float = 1.0, reconnect_max_delay: float = 30.0,
-                 workers: int = 4, keepalive: tuple[int, int] = (5, 3)) -> None:
+                 workers: int = 4, slow_workers: int = 4,
+                 keepalive: tuple[int, int] = (5, 3)) -> None:
         self.uri = uri
         self._loop = loop
         self._backoff = Backoff(reconnect_min_delay, reconnect_max_delay)
         self._workers = workers
+        self._slow_workers = slow_workers
         self._keepalive = keepalive
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: ThreadPoolExecutor | None = None       # quick lane
+        self._slow_executor: ThreadPoolExecutor | None = None  # slow lane
         self._conn: libvirt.virConnect | None = None
         self._callback_ids: list[int] = []
         self._connected = False
@@ -368,6 +389,8 @@ class LibvirtConnection:
         self._connected_event = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=self._workers,
                                             thread_name_prefix="libvirt")
+        self._slow_executor = ThreadPoolExecutor(max_workers=self._slow_workers,
+                                                 thread_name_prefix="libvirt-slow")
         try:
             await self._open()
         except Exception as exc:
@@ -395,10 +418,13 @@ class LibvirtConnection:
         if self._connected_event is not None:
             self._connected_event.clear()
         executor, self._executor = self._executor, None
+        slow, self._slow_executor = self._slow_executor, None
         if conn is not None and executor is not None:
             await self._loop.run_in_executor(executor, self._close_blocking, conn, ids, True)
         if executor is not None:
             await self._loop.run_in_executor(None, executor.shutdown, True)
+        if slow is not None:  # a call hung with its guest must not hold the stop
+            slow.shutdown(wait=False, cancel_futures=True)
         for task in list(self._tasks):
             task.cancel()
         # let libvirtaio run the free callbacks the close scheduled
@@ -521,11 +547,13 @@ class LibvirtConnection:
             self._invoke(cb, uuid, event, detail)
 
     # -- calls -------------------------------------------------------------
-    async def call(self, fn: str | Callable, *args: Any, **kwargs: Any) -> Any:
+    async def call(self, fn: str | Callable, *args: Any, slow: bool = False, **kwargs: Any) -> Any:
         """Run a blocking libvirt call in the pool.
 
         ``fn`` is a virConnect method name (``"defineXML"``) or any callable
-        (``dom.create``).  libvirt errors become ``LibvirtFailure`` (with
+        (``dom.create``).  It runs in the slow lane when ``slow`` is true or
+        its name is in :data:`SLOW_CALLS`, else in the quick lane (see the
+        module's docstring).  libvirt errors become ``LibvirtFailure`` (with
         libvirt's code); a call that fails because the daemon is gone marks
         the connection lost and raises ``Unavailable``, as does any call made
         while disconnected.
@@ -534,9 +562,11 @@ class LibvirtConnection:
         if not self._connected or conn is None or self._executor is None:
             raise Unavailable("libvirt connection lost")
         target = getattr(conn, fn) if isinstance(fn, str) else fn
+        lane = self._executor
+        if (slow or getattr(target, "__name__", None) in SLOW_CALLS) and self._slow_executor is not None:
+            lane = self._slow_executor
         try:
-            return await self._loop.run_in_executor(
-                self._executor, functools.partial(target, *args, **kwargs))
+            return await self._loop.run_in_executor(lane, functools.partial(target, *args, **kwargs))
         except libvirt.libvirtError as err:
             if is_connection_error(err):
                 alive = await self._is_alive(conn)
@@ -548,7 +578,7 @@ class LibvirtConnection:
                                       "re-established); retry") from err
             raise _to_failure(err) from err
         except RuntimeError as err:   # executor shut down under us (stop())
-            if self._executor is None:
+            if self._executor is None or self._slow_executor is None:
                 raise Unavailable("libvirt connection closed") from err
             raise
 

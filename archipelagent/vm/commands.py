@@ -257,7 +257,7 @@ async def screenshot(ctx, size):
     dom = await ctx.entity.domain()
     if not await ctx.agent.libvirt.call(dom.isActive):
         return None
-    data = await ctx.agent.libvirt.call(_grab_screenshot, ctx.agent.libvirt.raw, dom)
+    data = await ctx.agent.libvirt.call(_grab_screenshot, ctx.agent.libvirt.raw, dom, slow=True)  # waits on QEMU's monitor
     width, height, png = await asyncio.to_thread(ppm_to_png, data, 200 if size == "thumbnail" else None)
     return element("screenshot", {"mime": "image/png", "width": width, "height": height}, text=base64.b64encode(png).decode())
 

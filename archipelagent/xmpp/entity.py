@@ -232,15 +232,19 @@ class Entity:
         except IqTimeout:
             log.error("%s: in-band registration timed out", self.jid)
 
-    async def remove_account(self, timeout: float = 10) -> None:
+    async def remove_account(self, timeout: float = 10, status: str = "Removed") -> None:
         """Delete this entity's account (XEP-0077 <remove/> or the HTTP API); no reconnection after.
 
+        An ``unavailable`` presence (with ``status``) goes first: ejabberd's
+        removal tells no subscriber, whose roster would keep the entity online.
         ejabberd closes the stream of a removed account, often before the IQ
         result arrives: the stream closing counts as success.
         """
         self._stopping = True
         if self._reconnect_handle:
             self._reconnect_handle.cancel()
+        if self.online.is_set():
+            self.xmpp.send_presence(ptype="unavailable", pstatus=status)
         cfg = self.agent.config.xmpp
         user, host = self.jid.split("@", 1)
         if cfg.account_provisioning == "http_api":

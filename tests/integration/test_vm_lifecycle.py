@@ -237,3 +237,28 @@ async def test_alloc_and_free_by_chat(agent, admin, stack):
     assert f"Freed {jid}" in await admin.chat(agent.full_jid, f"free {name}")
     assert await asyncio.to_thread(libvirt_state, stack, jid.split("@")[0]) is None
     assert "Error:" in await admin.chat(agent.full_jid, f"free {name}")
+
+
+def gone_from(jid: str, status: str):
+    def predicate(presence):
+        return presence["from"].bare == jid and presence["type"] == "unavailable" and presence["status"] == status
+    return predicate
+
+
+async def test_freed_and_unmanaged_vms_go_offline_in_rosters(agent, admin, new_user, stack):
+    """A subscribed client sees the VM go unavailable before its account goes (ejabberd's removal says nothing)."""
+    owner = await owner_with_alloc(agent, admin, new_user)
+    jid = await alloc(owner, agent.full_jid, unique_name("bye"))
+    await owner.wait_presence(from_vm(jid, "Off"), timeout=30)  # subscribed: the owner sees its presence
+    await grant(admin, agent.full_jid, owner.jid, "free")
+    await owner.acp(agent.full_jid, HV_NS, "free", {"jid": jid})
+    await owner.wait_presence(gone_from(jid, "Freed"), timeout=15)
+    # unmanage: the domain stays, the entity goes offline for its subscribers
+    jid = await alloc(admin, agent.full_jid, unique_name("release"))
+    uuid = jid.split("@")[0]
+    await admin.wait_presence(from_vm(jid, "Off"), timeout=30)
+    await admin.acp(agent.full_jid, HV_NS, "unmanage", children=[ET.Element("item", {"jid": jid})])
+    await admin.wait_presence(gone_from(jid, "Unmanaged"), timeout=15)
+    assert await asyncio.to_thread(libvirt_state, stack, uuid) == libvirt.VIR_DOMAIN_SHUTOFF
+    await admin.acp(agent.full_jid, HV_NS, "manage", children=[ET.Element("item", {"jid": jid})])
+    await admin.acp(agent.full_jid, HV_NS, "free", {"jid": jid})
