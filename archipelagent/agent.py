@@ -11,8 +11,11 @@ import logging
 from typing import Coroutine
 
 from .audit import AuditLog
-from .audit_commands import commands as audit_commands
+from .audit.commands import commands as audit_commands
 from .commands import Registry
+from .commands.acp import AcpTransport
+from .commands.adhoc import AdhocTransport
+from .commands.chat import ChatTransport
 from .commands.dispatch import InFlight
 from .config import AgentConfig
 from .fsio import StorageIO
@@ -24,9 +27,11 @@ from .permissions import Permission, PermissionCenter, PermissionStore
 from .permissions.commands import commands as permission_commands
 from .virt.connection import LibvirtConnection
 from .vm.commands import commands as vm_commands
-from .quotas import EXTRA_PERMISSIONS as quota_permissions, QuotaCenter, commands as quota_commands
-from .subscriptions import commands as subscription_commands
-from .storage.health import StorageHealth, StorageSettings, commands as storage_commands
+from .quotas import QuotaCenter
+from .quotas.commands import EXTRA_PERMISSIONS as quota_permissions, commands as quota_commands
+from .permissions.subscriptions import commands as subscription_commands, decide_subscription
+from .storage.commands import commands as storage_commands
+from .storage.health import StorageHealth, StorageSettings
 from .storage.images import DiskGuard
 
 log = logging.getLogger(__name__)
@@ -67,6 +72,9 @@ class Agent:
         self.permissions: PermissionCenter | None = None
         self.directory = None  # LDAP (archipelagent.directory.Directory) when [LDAP] is set
         self.audit: AuditLog | None = None  # every command, see audit.py
+        # handed to every entity: the XMPP layer knows neither the transports nor the permission rules
+        self.transports = (AcpTransport, ChatTransport, AdhocTransport)  # IQ, chat, ad-hoc: one dispatch
+        self.subscription_policy = decide_subscription  # inbound presence subscriptions (permissions/subscriptions.py)
         self.requests = InFlight()  # each sender's requests in flight, bounded (commands/dispatch.py)
         self.libvirt = LibvirtConnection(
             config.libvirt_uri,
@@ -82,6 +90,7 @@ class Agent:
         self.storage_health: StorageHealth | None = None  # see storage/health.py
         self._tasks: set[asyncio.Task] = set()
         self.library_paths: tuple = ()  # read-only libraries (ISO, golden images) the storage module declares
+        self.disks = None  # the storage module's DiskService, filled by its setup(); None while that module is off
 
     def spawn(self, coro: Coroutine, *, name: str | None = None) -> asyncio.Task:
         """Run background work owned by the agent (kept referenced, errors logged, cancelled at stop)."""

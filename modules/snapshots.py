@@ -30,6 +30,7 @@ from archipelagent.commands import Arg, CommandSet, element
 from archipelagent.commands.payload import local_name
 from archipelagent.errors import Conflict, InvalidArgument, LibvirtFailure, NotFound
 
+from archipelagent.values import is_secret_name
 from archipelagent_modules.storage import (PathRefused, realpath, require_writable, validate_name)
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,6 @@ NS = "archipel:virtualmachine:snapshoting"
 PUSH = "snapshoting"
 BUSY = "Snapshoting..."
 MAX_DESCRIPTION = 2048
-SECRET_WORDS = ("passwd", "password", "secret", "token")
 
 commands = CommandSet()
 _locks: dict[str, asyncio.Lock] = {}
@@ -72,10 +72,10 @@ def scrub(xml: str) -> ET.Element:
             holder.remove(desc)
     for el in root.iter():
         for attr in list(el.attrib):
-            if any(word in attr.lower() for word in SECRET_WORDS):
+            if is_secret_name(attr):
                 del el.attrib[attr]
         for child in list(el):
-            if any(word in local_name(child.tag).lower() for word in SECRET_WORDS):
+            if is_secret_name(local_name(child.tag)):
                 el.remove(child)
     return root
 
@@ -125,14 +125,14 @@ class _Busy:
 
 
 def _lock(ctx) -> asyncio.Lock:
-    disks = getattr(ctx.agent, "disks", None)
+    disks = ctx.agent.disks
     if disks is not None:  # shared with the storage module: no snapshot while a disk is renamed/converted
         return disks.lock(ctx.entity.uuid)
     return _locks.setdefault(ctx.entity.uuid, asyncio.Lock())
 
 
 async def _refuse_busy_disks(ctx) -> None:
-    disks = getattr(ctx.agent, "disks", None)
+    disks = ctx.agent.disks
     if disks is None:
         return
     busy = disks.busy_in(await disks.real_folder(ctx.entity.uuid))

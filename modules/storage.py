@@ -23,11 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
-import math
 import os
-import re
 import shutil
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -38,8 +35,10 @@ import libvirt
 
 from archipelagent.commands import Arg, CommandSet, element
 from archipelagent.config import ConfigError
-from archipelagent.errors import ArchipelError, Conflict, InvalidArgument, NotFound
+from archipelagent.errors import ArchipelError, Conflict, InvalidArgument, NotFound, Unavailable
 from archipelagent.quotas import owner_of
+from archipelagent.values import NameRefused, UNITS, human_size, parse_bytes as parse_size, parse_yes as bool_yes, validate_name  # noqa: F401 - re-exported
+from archipelagent.storage.health import require_writable as health_require_writable
 from archipelagent.storage.images import FORMATS, QEMU_IMG_TIMEOUT, DiskToolError, ImageRefused, realpath, run_tool
 
 log = logging.getLogger(__name__)
@@ -48,69 +47,24 @@ NS = "archipel:vm:disk"
 PUSH = "disk"
 SECTION = "STORAGE"
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-UNITS = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
 PREALLOCATIONS = ("off", "metadata", "falloc", "full")
 DISK_SUFFIXES = (".qcow2", ".qcow", ".img", ".raw", ".vmdk", ".vdi", ".vhd", ".vhdx")
 # a name's suffix must not claim a format the file is not (a .vmdk is read as VMDK by any tool that probes)
 SUFFIX_FORMATS = {".qcow2": ("qcow2",), ".qcow": ("qcow2",), ".raw": ("raw",), ".img": FORMATS}
 ISO_SUFFIXES = (".iso", ".img")
 SUFFIX = {"qcow2": ".qcow2", "raw": ".raw"}
-SECTOR = 512
 DEFAULT_MAX_DISK = "4T"
 
 
-class PathRefused(InvalidArgument):
+class PathRefused(NameRefused):
     """A name or path that would leave the VM folder or the configured libraries."""
 
 
 # ------------------------------------------------------------ pure helpers
-def validate_name(name: Any, argument: str = "name") -> str:
-    """A file name: 1-64 of letters, digits, '.', '_', '-', starting with a letter or digit."""
-    if not isinstance(name, str) or not name:
-        raise InvalidArgument(argument, "must not be empty")
-    if "\x00" in name:
-        raise PathRefused(argument, "contains a NUL character")
-    if "/" in name or "\\" in name:
-        raise PathRefused(argument, f"'{name}' must be a plain file name, without '/'")
-    if not NAME_RE.match(name):
-        raise PathRefused(argument, f"'{name[:80]}' is not a valid name: 1-64 letters, digits, '.', '_' or '-', "
-                                    "starting with a letter or digit")
-    return name
 
 
-def parse_size(size: Any, unit: str | None = None, *, maximum: int | None = None, argument: str = "size") -> int:
-    """``size`` (``"10"``, ``"1.5"`` or ``"10G"``) in ``unit`` (K, M, G or T; binary) → bytes,
-    rounded up to a 512-byte sector."""
-    text = str(size if size is not None else "").strip()
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KkMmGgTt])?(?:i?[Bb])?", text)
-    if not match:
-        raise InvalidArgument(argument, f"expected a positive number, optionally followed by K, M, G or T, got {text[:40]!r}")
-    number, suffix = match.groups()
-    if suffix and unit and suffix.upper() != unit.strip().upper()[:1]:
-        raise InvalidArgument("unit", f"the size says {suffix.upper()} but unit is {unit!r}")
-    letter = (suffix or unit or "").strip().upper()
-    if letter.endswith("IB"):
-        letter = letter[:-2]
-    elif letter.endswith("B") and len(letter) > 1:
-        letter = letter[:-1]
-    if letter not in UNITS:
-        raise InvalidArgument("unit", f"expected K, M, G or T, got {unit!r}" if unit else "missing (K, M, G or T)")
-    value = float(number) * UNITS[letter]
-    if not math.isfinite(value) or value <= 0:
-        raise InvalidArgument(argument, "must be greater than 0")
-    result = int(math.ceil(value / SECTOR)) * SECTOR
-    if maximum is not None and result > maximum:
-        raise InvalidArgument(argument, f"{human_size(result)} is above the maximum disk size of {human_size(maximum)}")
-    return result
 
 
-def human_size(n: int) -> str:
-    for letter in ("T", "G", "M", "K"):
-        if n >= UNITS[letter] and n % (UNITS[letter] // 1024 or 1) == 0:
-            value = n / UNITS[letter]
-            return f"{value:.3g}{letter}" if value != int(value) else f"{int(value)}{letter}"
-    return f"{n}B"
 
 
 def confined_file(folder: str | os.PathLike, ref: Any, *, argument: str = "name", what: str = "this VM's folder") -> Path:
@@ -141,13 +95,6 @@ def disk_file_name(name: str, fmt: str) -> str:
     return validate_name(name + SUFFIX[fmt])
 
 
-def bool_yes(value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"expected yes or no, got {value!r}")
 
 
 # ------------------------------------------------------------------ config
@@ -270,18 +217,16 @@ class DiskService:
 
 
 def service(agent) -> DiskService:
-    svc = getattr(agent, "disks", None)
-    if svc is None:
-        cfg = read_config(agent.config)
-        svc = DiskService(cfg, asyncio.Semaphore(cfg.long_jobs), agent.fs, agent.disk_guard)
-        agent.disks = svc
-    return svc
+    """The module's service, built once by :func:`setup` (never lazily: a command before setup is refused)."""
+    if agent.disks is None:
+        raise Unavailable("the storage module is not set up")
+    return agent.disks
 
 
 def library_paths(agent) -> tuple[Path, ...]:
     """The read-only libraries (ISO, golden images) for the definition policy's
     ``PolicyContext.library_paths``; empty when the storage module is not set up."""
-    svc = getattr(agent, "disks", None)
+    svc = agent.disks
     if svc is None:
         return ()
     return (realpath(svc.cfg.iso_library_path), realpath(svc.cfg.golden_images_path))
@@ -308,19 +253,10 @@ async def teardown(agent) -> None:
     agent.disks = None
 
 
-# ------------------------------------------------------------ optional hooks
-async def _maybe_await(value):
-    if inspect.isawaitable(value):
-        return await value
-    return value
-
-
+# ------------------------------------------------------------ hooks
 async def require_writable(agent, action: str) -> None:
-    """The storage-health hook (another module), when present: raises while the storage is degraded."""
-    health = getattr(agent, "storage_health", None)
-    hook = getattr(health, "require_writable", None)
-    if hook is not None:
-        await _maybe_await(hook(action))
+    """Refuse while the storage is degraded (the agent's storage health monitor, storage/health.py)."""
+    health_require_writable(agent, action)
 
 
 def quota_lock(ctx):

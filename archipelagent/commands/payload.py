@@ -4,6 +4,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from typing import Any
 
+from ..xmlns import local_name, qualify  # noqa: F401 - re-exported for the transports
+
 
 def as_elements(result: Any) -> list[ET.Element]:
     """A handler may return None, one element or a list of elements."""
@@ -12,23 +14,6 @@ def as_elements(result: Any) -> list[ET.Element]:
     if isinstance(result, ET.Element):
         return [result]
     return [el for el in result if isinstance(el, ET.Element)]
-
-
-def qualify(el: ET.Element, namespace: str) -> ET.Element:
-    """Put un-namespaced payload elements into the query's namespace.
-
-    On the wire Archipel's payload children inherit the query's default
-    namespace; stating it explicitly keeps the serialisation identical.
-    """
-    if not el.tag.startswith("{"):
-        el.tag = f"{{{namespace}}}{el.tag}"
-    for child in el:
-        qualify(child, namespace)
-    return el
-
-
-def local_name(tag: str) -> str:
-    return tag.rsplit("}", 1)[-1]
 
 
 def render_text(result: Any, limit: int = 3000) -> str:

@@ -8,11 +8,11 @@ single place where permissions are checked and arguments parsed.
 """
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable, Iterator
 
 from ..errors import InvalidArgument
+from ..xmlns import element  # noqa: F401 - re-exported: handlers build payloads with it
 
 Handler = Callable[..., Awaitable[Any]]
 
@@ -183,13 +183,3 @@ class Registry:
         if best is None:
             return None
         return best[1], words[best[0]:]
-
-
-def element(tag: str, attrs: dict[str, Any] | None = None, text: str | None = None, children: Iterable[ET.Element] = ()) -> ET.Element:
-    """Build a payload element; attribute values are stringified."""
-    el = ET.Element(tag, {k: str(v) for k, v in (attrs or {}).items() if v is not None})
-    if text is not None:
-        el.text = text
-    for child in children:
-        el.append(child)
-    return el

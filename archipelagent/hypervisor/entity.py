@@ -20,7 +20,7 @@ class HypervisorEntity(Entity):
 
     def refresh_presence(self) -> None:
         """``Online (N)`` normally; ``dnd`` while libvirt is unreachable (as Archipel) or the storage is degraded."""
-        storage = getattr(self.agent, "storage_health", None)
+        storage = self.agent.storage_health
         degraded = storage.presence() if storage is not None else None
         if not self.agent.libvirt.connected:
             self.set_presence("Libvirt connection lost", "dnd")

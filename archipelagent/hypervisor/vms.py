@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-import re
 import shutil
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
@@ -35,10 +34,11 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 import libvirt
 
 from ..commands.payload import local_name
-from ..errors import Conflict, InvalidArgument, LibvirtFailure, NotFound, Unavailable
+from ..errors import Conflict, LibvirtFailure, NotFound, Unavailable
 from ..quotas import owner_of, parse_xml
-from ..state import VMRecord, VMStore, new_password, now_iso
+from .records import VMRecord, VMStore, new_password, now_iso
 from ..storage.health import require_writable
+from ..values import validate_name
 from ..virt import domainxml
 from ..virt.policy import PolicyContext, check_domain
 from ..vm.commands import UNDEFINE_FLAGS
@@ -49,18 +49,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 TRASH = ".trash"
 COPY_CHUNK = 8 * 1024 * 1024
 LOGIN_CONCURRENCY = 25
 
 Progress = Callable[[int], Awaitable[None]]
 
-
-def validate_name(name: str) -> str:
-    if not NAME_RE.match(name or ""):
-        raise InvalidArgument("name", "1-64 characters: letters, digits, '.', '_' or '-', starting with a letter or digit")
-    return name
 
 
 def plain_xml(el: ET.Element) -> str:
@@ -167,7 +161,7 @@ class VMManager:
         return PolicyContext(
             uuid=uuid, name=name, vm_folder=self.folder(uuid).resolve(), allow_host_devices=vm.enable_block_device_access,
             allowed_networks=vm.allowed_networks, allowed_bridges=vm.allowed_bridges,
-            library_paths=tuple(getattr(self.agent, "library_paths", ())),  # set by the storage module
+            library_paths=tuple(self.agent.library_paths),  # declared by the storage module
             owner_is_admin=owner_is_admin, host_memory_kib=node["memory_kib"], host_cpus=node["nrCPU"],
             max_memory_kib=vm.max_memory_kib, max_vcpus=vm.max_vcpus,
         )

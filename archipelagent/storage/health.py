@@ -39,9 +39,9 @@ from typing import TYPE_CHECKING, Callable
 
 import libvirt
 
-from ..commands import CommandSet, element
 from ..config import ConfigError
 from ..errors import ArchipelError, Unavailable
+from ..xmlns import element
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..agent import Agent
@@ -478,42 +478,6 @@ class StorageHealth:
 
 def require_writable(agent, action: str) -> None:
     """For every command that writes to the storage (no-op without a monitor)."""
-    health = getattr(agent, "storage_health", None)
+    health = agent.storage_health
     if health is not None:
         health.require_writable(action)
-
-
-# ------------------------------------------------------------------ commands
-HEALTH_NS = "archipel:hypervisor:health"
-
-commands = CommandSet()
-
-
-def _render(payload) -> str:
-    el = payload[0]
-    a = el.attrib
-    text = f"Storage {a['path']}: {a['state']}"
-    reasons = [r.text for r in el]
-    if reasons:
-        text += f" ({', '.join(reasons)})"
-    if a.get("free_bytes") and a.get("total_bytes"):
-        free, total = int(a["free_bytes"]), int(a["total_bytes"])
-        text += f"; {free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB"
-    if a.get("fsync_ms"):
-        text += f"; fsync {a['fsync_ms']} ms"
-    if a.get("checked_at"):
-        text += f"; checked {a['checked_at']}"
-    return text
-
-
-@commands.command(
-    HEALTH_NS, "storage", kinds=("hypervisor",), permission="health_info",
-    permission_description="See the health of the hypervisor and its storage",
-    chat=("storage", "storage health"), help="health of the VM storage (mounted, writable, fsync, free space)",
-    chat_render=_render,
-)
-async def storage(ctx):
-    health = getattr(ctx.agent, "storage_health", None)
-    if health is None:
-        raise Unavailable("the storage monitor is not running")
-    return health.element()

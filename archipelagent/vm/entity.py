@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import libvirt
 
 from ..errors import LibvirtFailure, NotFound, Unavailable
-from ..state import VMRecord
+from ..hypervisor.records import VMRecord
 from ..virt.events import push_for_event
 from ..xmpp.entity import Entity
 from .presence import LIBVIRT_LOST, presence_for_state

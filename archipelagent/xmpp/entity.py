@@ -16,14 +16,9 @@ from typing import TYPE_CHECKING
 import slixmpp
 from slixmpp.exceptions import IqError, IqTimeout
 
-from ..audit import record_subscription
 from ..backoff import Backoff
-from ..commands.acp import AcpTransport
-from ..commands.adhoc import AdhocTransport
-from ..commands.chat import ChatTransport
-from ..commands.dispatch import bare_jid
 from ..config import is_loopback
-from ..errors import PermissionDenied, Unavailable
+from ..jids import bare_jid
 from .limits import GuardedClientXMPP
 from .provisioning import HttpApiProvisioner, ProvisioningError
 from .pubsub import EventsNode
@@ -110,7 +105,9 @@ class Entity:
         return xmpp
 
     def _install_transports(self) -> None:
-        for transport in (AcpTransport, ChatTransport, AdhocTransport):
+        """The command transports the agent's wiring chose (IQ, chat, ad-hoc): the XMPP layer
+        does not know the command layer above it."""
+        for transport in self.agent.transports:
             transport(self).install()
 
     # ------------------------------------------------------------- lifecycle
@@ -322,14 +319,10 @@ class Entity:
     async def _on_subscribe(self, presence) -> None:
         """Accept a subscription only from someone holding ``presence``."""
         sender = bare_jid(presence["from"])
-        try:
-            allowed = await self.agent.permissions.check(self.jid, self.kind, sender, "presence")
-        except Unavailable as exc:
-            # Neither accept nor refuse: the request stays pending and is decided when it is sent again.
-            log.warning("%s: subscription from %s left pending: %s", self.jid, sender, exc.message)
-            record_subscription(self, sender, exc)  # audit.py: error:-48
-            return
-        record_subscription(self, sender, None if allowed else PermissionDenied("presence"))
+        # the wiring's policy (permissions/subscriptions.py): checks ``presence`` and audits the decision
+        allowed = await self.agent.subscription_policy(self, sender)
+        if allowed is None:
+            return  # left pending (LDAP unreachable): decided when it is sent again
         if allowed:
             self.xmpp.send_presence(pto=sender, ptype="subscribed")
             self.xmpp.send_presence(pto=sender, ptype="subscribe")

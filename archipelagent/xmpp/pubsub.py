@@ -9,7 +9,7 @@ from typing import Iterable
 
 from slixmpp.exceptions import IqError, IqTimeout
 
-from ..commands.payload import qualify
+from ..xmlns import qualify
 
 log = logging.getLogger(__name__)
 

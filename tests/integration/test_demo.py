@@ -7,7 +7,6 @@ ports and state), so it can run while the suite's own stack is up.
 """
 from __future__ import annotations
 
-import asyncio
 import configparser
 import json
 import os

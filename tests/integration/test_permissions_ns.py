@@ -30,7 +30,6 @@ async def test_set_then_get_and_revoke(agent, admin, new_user):
 
 
 async def test_set_pushes_target_jid(agent, admin, new_user, stack):
-    node = f"/archipel/{agent.jid}/events"
     await admin.subscribe_events(stack.pubsub_domain, agent.jid)
     user = await new_user()
     while not admin.pubsub_events.empty():

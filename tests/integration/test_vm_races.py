@@ -26,7 +26,7 @@ import pytest
 
 from agent_fixtures import AgentHandle, client_for, grant, write_config
 from agent_process import AgentProcess
-from vm_helpers import CONTROL, HV_NS, alloc, from_vm, libvirt_state, unique_name, vm_full, wait_libvirt_state, wait_vm_ready
+from vm_helpers import CONTROL, HV_NS, alloc, libvirt_state, unique_name, vm_full, wait_libvirt_state, wait_vm_ready
 from xmpp_client import AcpError
 
 CHUNK = 8 * 1024 * 1024  # the manager's copy chunk: one non-zero byte per chunk defeats hole skipping
@@ -49,7 +49,8 @@ async def test_an_alloc_completes_while_a_large_clone_copies(agent, admin, new_u
     watcher, other = await new_user("clonewatch"), await new_user("allocator")
     await grant(admin, agent.full_jid, other.jid, "alloc", "free")
     node = f"/archipel/{agent.jid}/events"
-    await watcher.xmpp.plugin["xep_0060"].subscribe(stack.pubsub_domain, node, timeout=10)
+    await grant(admin, agent.full_jid, watcher.jid, "presence")  # the events node is readable by who sees the entity
+    await watcher.subscribe_events(stack.pubsub_domain, agent.jid)
     src = await alloc(admin, agent.full_jid, unique_name("bigsrc"))
     await wait_vm_ready(admin, vm_full(src, agent.jid))
     await asyncio.to_thread(write_dense_enough, stack.storage_dir / src.split("@")[0] / "data.raw", 2 * 1024 ** 3)
@@ -67,13 +68,14 @@ async def test_an_alloc_completes_while_a_large_clone_copies(agent, admin, new_u
 
 
 async def test_a_clone_whose_definition_is_refused_leaves_no_folder(agent, admin, stack):
-    """A domain defined outside the agent (disk outside any VM folder) is managed, then cloned: refused, nothing left."""
+    """A domain defined outside the agent (a tcp serial port, which the policy refuses) is managed, then cloned:
+    the copy's definition is refused and nothing is left."""
     uuid = str(uuidlib.uuid4())
     name = unique_name("outside")
     xml = (f"<domain type='{stack.domain_type}'><name>{name}</name><uuid>{uuid}</uuid><memory unit='MiB'>64</memory>"
            "<os><type arch='x86_64' machine='pc'>hvm</type></os><devices><emulator>/usr/bin/qemu-system-x86_64</emulator>"
-           "<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='/var/tmp/not-a-vm-folder.img'/>"
-           "<target dev='vda' bus='virtio'/></disk><memballoon model='none'/></devices></domain>")
+           "<serial type='tcp'><source mode='connect' host='127.0.0.1' service='9'/><protocol type='raw'/></serial>"
+           "<memballoon model='none'/></devices></domain>")
     subprocess.run(["virsh", "-q", "-c", stack.libvirt_uri, "define", "/dev/stdin"], input=xml, text=True, check=True,
                    capture_output=True)
     (stack.storage_dir / uuid).mkdir()
@@ -84,7 +86,7 @@ async def test_a_clone_whose_definition_is_refused_leaves_no_folder(agent, admin
         before = await asyncio.to_thread(folders, stack)
         with pytest.raises(AcpError) as err:
             await admin.acp(agent.full_jid, HV_NS, "clone", {"jid": uuid, "name": unique_name("refused")})
-        assert err.value.code == -50 and "outside the VM folder" in err.value.text, err.value  # the definition policy
+        assert err.value.code == -50 and "serial" in err.value.text, err.value  # the definition policy
         assert await asyncio.to_thread(folders, stack) == before  # the clone's own folder is gone
     finally:
         await admin.acp(agent.full_jid, HV_NS, "unmanage", children=[item])
@@ -245,7 +247,7 @@ async def test_sigterm_during_a_clone_copy_leaves_no_half_copied_clone(stack):
     try:
         await handle.wait_ready(admin)
         node = f"/archipel/{hv_jid}/events"
-        await admin.xmpp.plugin["xep_0060"].subscribe(stack.pubsub_domain, node, timeout=10)
+        await admin.subscribe_events(stack.pubsub_domain, hv_jid)
         jid = await alloc(admin, handle.full_jid, unique_name("termsrc"))
         await wait_vm_ready(admin, f"{jid}/hv-termclone")
         await asyncio.to_thread(write_dense_enough, stack.storage_dir / jid.split("@")[0] / "data.raw", 2 * 1024 ** 3)

@@ -19,8 +19,8 @@ from archipelagent.audit import (
     outcome_of,
     parse_since,
 )
-from archipelagent.audit_commands import commands as audit_commands
-from archipelagent.audit_commands import get_audit, render_entries
+from archipelagent.audit.commands import commands as audit_commands
+from archipelagent.audit.commands import get_audit, render_entries
 from archipelagent.commands import Arg, CommandSet, Registry
 from archipelagent.commands.acp import raw_arguments
 from archipelagent.commands.chat import NOT_ALLOWED, ChatTransport

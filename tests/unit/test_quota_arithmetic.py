@@ -8,8 +8,8 @@ from lxml import etree
 
 from archipelagent.directory.ldap import DirectoryUnavailable
 from archipelagent.permissions.store import PermissionStore
+from archipelagent.quotas.commands import CLEAR, parse_count, parse_size
 from archipelagent.quotas import (
-    CLEAR,
     ZERO,
     Quota,
     QuotaCenter,
@@ -21,8 +21,6 @@ from archipelagent.quotas import (
     definition_maximum,
     effective_limits,
     folder_bytes,
-    parse_count,
-    parse_size,
 )
 
 

@@ -17,6 +17,7 @@ from lxml import etree
 from archipelagent.config import ConfigError
 from archipelagent.errors import Unavailable
 from archipelagent.hypervisor.entity import HypervisorEntity
+from archipelagent.storage import commands as health_commands
 from archipelagent.storage import health as h
 from archipelagent.storage.health import (
     DEGRADED, OK, ProbeResult, StorageDegraded, StorageHealth, StorageSettings, judge, probe,
@@ -362,11 +363,11 @@ async def test_health_command_payload(tmp_path):
         assert el.tag == "storage" and el.get("path") == str(tmp_path) and el.get("state") == "degraded"
         assert el.get("free_bytes") == "50" and el.get("total_bytes") == "100" and el.get("checked_at")
         assert [r.text for r in el.findall("reason")] == ["not writable"]
-        assert "not writable" in h._render([el])
-        result = await h.storage(SimpleNamespace(agent=SimpleNamespace(storage_health=monitor)))
+        assert "not writable" in health_commands._render([el])
+        result = await health_commands.storage(SimpleNamespace(agent=SimpleNamespace(storage_health=monitor)))
         assert result.tag == "storage"
         with pytest.raises(Unavailable):
-            await h.storage(SimpleNamespace(agent=SimpleNamespace(storage_health=None)))
+            await health_commands.storage(SimpleNamespace(agent=SimpleNamespace(storage_health=None)))
     finally:
         await monitor.stop()
 

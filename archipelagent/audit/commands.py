@@ -1,10 +1,10 @@
 """``archipel:audit`` on the hypervisor: read the audit log (permission ``audit``)."""
 from __future__ import annotations
 
-from .audit import QUERY_MAX_LIMIT, parse_since
-from .commands import Arg, CommandSet, element
-from .errors import Unavailable
-from .jids import bare_jid_arg
+from .log import QUERY_MAX_LIMIT, parse_since
+from ..commands import Arg, CommandSet, element
+from ..errors import Unavailable
+from ..jids import bare_jid_arg
 
 NS = "archipel:audit"
 CHAT_LIMIT = 3000

@@ -7,8 +7,9 @@
   then delete the roster item.  Push ``subscription`` / ``removed``.
 
 Whoever holds ``presence`` may also subscribe by themselves: the entity's
-``_on_subscribe`` (xmpp/entity.py) accepts them and answers anyone else with
-``unsubscribed``.
+``_on_subscribe`` (xmpp/entity.py) asks :func:`decide_subscription` (handed to
+it by the agent's wiring as ``Agent.subscription_policy``), which accepts them,
+answers anyone else with ``unsubscribed`` and audits either way.
 """
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ import logging
 
 from slixmpp.exceptions import IqError, IqTimeout
 
-from .commands import Arg, CommandSet, element
-from .errors import Unavailable
-from .jids import bare_jid_arg
+from ..commands import Arg, CommandSet, element
+from ..audit import record_subscription
+from ..errors import PermissionDenied, Unavailable
+from ..jids import bare_jid_arg
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +28,22 @@ NS = "archipel:subscription"
 PUSH = "subscription"
 
 commands = CommandSet()
+
+
+async def decide_subscription(entity, sender: str) -> bool | None:
+    """May ``sender`` subscribe to ``entity``'s presence?  Only holders of ``presence``.
+
+    ``None`` when it cannot be decided (LDAP unreachable): the request is left
+    pending and decided when the client sends it again.  Every decision is audited.
+    """
+    try:
+        allowed = await entity.agent.permissions.check(entity.jid, entity.kind, sender, "presence")
+    except Unavailable as exc:
+        log.warning("%s: subscription from %s left pending: %s", entity.jid, sender, exc.message)
+        record_subscription(entity, sender, exc)  # error:-48
+        return None
+    record_subscription(entity, sender, None if allowed else PermissionDenied("presence"))
+    return allowed
 
 
 JID_ARG = (Arg("jid", parse=bare_jid_arg, help="the contact's bare JID"),)

@@ -26,18 +26,18 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import aiosqlite
 
-from .sqlite import open_private_db
+from ..sqlite import open_private_db
 
-from .errors import ArchipelError, PermissionDenied
+from ..errors import ArchipelError, PermissionDenied
+from ..values import SECRET_WORDS, is_secret_name  # noqa: F401 - SECRET_WORDS re-exported
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .commands.registry import Command
+    from ..commands.registry import Command
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 REDACTED = "***"
-SECRET_WORDS = ("password", "passwd", "secret", "token")
 MAX_VALUE_CHARS = 2000
 MAX_PENDING = 50_000  # rows kept in memory while the file cannot be written
 QUERY_MAX_LIMIT = 1000
@@ -112,11 +112,6 @@ def outcome_of(error: BaseException | None) -> str:
     if isinstance(error, asyncio.CancelledError):
         return "error:cancelled"
     return "error:internal"
-
-
-def is_secret_name(name: str) -> bool:
-    lowered = name.lower()
-    return any(word in lowered for word in SECRET_WORDS)
 
 
 def _local(tag: str) -> str:

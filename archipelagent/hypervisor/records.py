@@ -16,7 +16,7 @@ from pathlib import Path
 
 import aiosqlite
 
-from .sqlite import open_private_db
+from ..sqlite import open_private_db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS vms (
