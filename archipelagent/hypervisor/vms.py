@@ -359,12 +359,16 @@ class VMManager:
                 if await self.agent.libvirt.call(dom.isActive):
                     await self.agent.libvirt.call(dom.destroy)
                 await self.agent.libvirt.call(dom.undefineFlags, UNDEFINE_FLAGS)
-            await self._announce_gone(entity, "Freed")
-            del self.entities[uuid]
-            await self.store.remove(uuid)
-            await self.agent.permissions.store.delete_entity(entity.jid)
+            await self._forget(entity, "Freed")
             trashed = await self.agent.fs.call(self._trash_folder, uuid, what="move of the VM folder to the trash")
         log.info("freed VM %s (%s); folder %s", entity.name, uuid, trashed or "absent")
+
+    async def _forget(self, entity: VMEntity, status: str) -> None:
+        """The one teardown of an entity (free, unmanage): offline, account, map, record, rights."""
+        await self._announce_gone(entity, status)
+        del self.entities[entity.uuid]
+        await self.store.remove(entity.uuid)
+        await self.agent.permissions.store.delete_entity(entity.jid)
 
     def _trash_folder(self, uuid: str) -> str | None:
         """Move the VM folder to ``<vm_base_path>/.trash/<uuid>-<UTC time>`` (same filesystem: a rename)."""
@@ -537,10 +541,7 @@ class VMManager:
             for entity in entities:
                 if self.entities.get(entity.uuid) is not entity:
                     continue  # freed or unmanaged meanwhile
-                await self._announce_gone(entity, "Unmanaged")
-                del self.entities[entity.uuid]
-                await self.store.remove(entity.uuid)
-                await self.agent.permissions.store.delete_entity(entity.jid)
+                await self._forget(entity, "Unmanaged")
                 released.append(entity.jid)
         return released
 
