@@ -65,6 +65,33 @@ def write_config(stack, lib_dir, overrides=None, password="hv-secret-" + uuid.uu
     )
 
 
+def second_agent(stack, name: str, overrides=None, *, lib_dir=None, process_factory=AgentProcess) -> AgentHandle:
+    """A second agent of its own (hypervisor ``<name>@<domain>/<name>``), configured, not started.
+
+    For tests that kill, stop or starve an agent: the session agent is not disturbed.
+    ``lib_dir`` defaults to a fresh ``<state>/agent-<name>``; ``process_factory(conf, out)``
+    builds the process (e.g. an agent in a namespace of its own).
+    """
+    if lib_dir is None:
+        lib_dir = stack.state_dir / f"agent-{name}"
+        shutil.rmtree(lib_dir, ignore_errors=True)
+        lib_dir.mkdir(parents=True)
+    hv_jid = f"{name}@{stack.domain}"
+    settings = {"HYPERVISOR": {"hypervisor_xmpp_jid": hv_jid, "hypervisor_name": name}}
+    for section, values in (overrides or {}).items():
+        settings.setdefault(section, {}).update(values)
+    conf = write_config(stack, lib_dir, settings)
+    handle = AgentHandle(stack, process_factory(conf, lib_dir / "agent.out"), hv_jid, lib_dir)
+    handle.full_jid = f"{hv_jid}/{name}"
+    return handle
+
+
+async def admin_client(stack, resource: str) -> Client:
+    """A connected client of the rig's admin (config admin of every test agent)."""
+    user = stack.admin_user
+    return await client_for(stack, user["jid"], user["password"], resource).connect()
+
+
 @pytest.fixture(scope="session")
 def agent_process(stack):
     lib_dir = stack.state_dir / "agent-under-test"

@@ -25,8 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_fixtures import AgentHandle, client_for, write_config
-from agent_process import AgentProcess
+from agent_fixtures import admin_client, second_agent
 from vm_helpers import CONTROL, HV_NS, alloc, unique_name, wait_vm_ready
 from xmpp_client import AcpError
 
@@ -98,21 +97,16 @@ async def test_a_frozen_storage_never_freezes_the_agent(stack):
     lib_dir, backing, iso, golden = base / "lib", base / "backing", base / "iso", base / "golden"
     for d in (lib_dir, backing, drives, iso, golden):
         d.mkdir(parents=True)
-    hv_jid = f"{HV}@{stack.domain}"
-    conf = write_config(stack, lib_dir, {
-        "HYPERVISOR": {"hypervisor_xmpp_jid": hv_jid, "hypervisor_name": HV},
+    handle = second_agent(stack, HV, lib_dir=lib_dir, overrides={
         "VIRTUALMACHINE": {"vm_base_path": str(drives)},
         "STORAGE": {"storage_check_interval": "1", "storage_fsync_warning_ms": "0",
                     "iso_library_path": str(iso), "golden_images_path": str(golden)},
     })
     fs = HangFS(backing, drives, base / "hangfs.log")
     fs.start()
-    process = AgentProcess(conf, lib_dir / "agent.out")
-    handle = AgentHandle(stack, process, hv_jid, lib_dir)
-    handle.full_jid = f"{hv_jid}/{HV}"
+    process, hv_jid = handle.process, handle.jid
     process.start()
-    user = stack.admin_user
-    admin = await client_for(stack, user["jid"], user["password"], "hung-storage").connect()
+    admin = await admin_client(stack, "hung-storage")
     jids: list[str] = []
     try:
         await handle.wait_ready(admin)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
@@ -10,8 +9,7 @@ import xml.etree.ElementTree as ET
 import libvirt
 import pytest
 
-from agent_fixtures import AgentHandle, client_for, write_config
-from agent_process import AgentProcess
+from agent_fixtures import admin_client, second_agent
 from xmpp_client import AcpError
 from vm_helpers import CONTROL, DEFINITION, HV_NS, alloc, from_vm, libvirt_state, unique_name, vm_full, wait_libvirt_state, wait_vm_ready
 
@@ -122,17 +120,10 @@ async def test_setorginfo_renames_a_stopped_vm(agent, admin, stack):
 
 async def test_sigkill_and_restart_keeps_running_vms_and_entities(stack):
     """A second agent of its own (so the session agent is not disturbed)."""
-    lib_dir = stack.state_dir / "agent-sigkill"
-    shutil.rmtree(lib_dir, ignore_errors=True)
-    lib_dir.mkdir(parents=True)
-    hv_jid = f"hv-kill@{stack.domain}"
-    conf = write_config(stack, lib_dir, {"HYPERVISOR": {"hypervisor_xmpp_jid": hv_jid, "hypervisor_name": "hv-kill"}})
-    process = AgentProcess(conf, lib_dir / "agent.out")
-    handle = AgentHandle(stack, process, hv_jid, lib_dir)
-    handle.full_jid = f"{hv_jid}/hv-kill"
+    handle = second_agent(stack, "hv-kill")
+    process = handle.process
     process.start()
-    user = stack.admin_user
-    admin = await client_for(stack, user["jid"], user["password"], "sigkill-test").connect()
+    admin = await admin_client(stack, "sigkill-test")
     try:
         await handle.wait_ready(admin)
         jid = await alloc(admin, handle.full_jid, unique_name("kill"))

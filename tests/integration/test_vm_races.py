@@ -24,8 +24,7 @@ import xml.etree.ElementTree as ET
 import libvirt
 import pytest
 
-from agent_fixtures import AgentHandle, client_for, grant, write_config
-from agent_process import AgentProcess
+from agent_fixtures import admin_client, grant, second_agent
 from vm_helpers import CONTROL, HV_NS, alloc, libvirt_state, unique_name, vm_full, wait_libvirt_state, wait_vm_ready
 from xmpp_client import AcpError
 
@@ -180,17 +179,10 @@ def sigterm_when_undefined(stack, uuid: str, proc, timeout: float = 30) -> None:
 
 async def test_sigterm_during_a_free_leaves_the_vm_whole_or_gone(stack):
     """A second agent of its own, stopped by SIGTERM in the middle of a VM's own free (a background task)."""
-    lib_dir = stack.state_dir / "agent-sigterm"
-    shutil.rmtree(lib_dir, ignore_errors=True)
-    lib_dir.mkdir(parents=True)
-    hv_jid = f"hv-term@{stack.domain}"
-    conf = write_config(stack, lib_dir, {"HYPERVISOR": {"hypervisor_xmpp_jid": hv_jid, "hypervisor_name": "hv-term"}})
-    process = AgentProcess(conf, lib_dir / "agent.out")
-    handle = AgentHandle(stack, process, hv_jid, lib_dir)
-    handle.full_jid = f"{hv_jid}/hv-term"
+    handle = second_agent(stack, "hv-term")
+    process = handle.process
     process.start()
-    user = stack.admin_user
-    admin = await client_for(stack, user["jid"], user["password"], "sigterm-test").connect()
+    admin = await admin_client(stack, "sigterm-test")
     jid = None
     try:
         await handle.wait_ready(admin)
@@ -232,17 +224,10 @@ def domain_uuids(stack) -> set[str]:
 
 async def test_sigterm_during_a_clone_copy_leaves_no_half_copied_clone(stack):
     """A second agent of its own, stopped by SIGTERM while a clone copies: no clone folder, no clone domain."""
-    lib_dir = stack.state_dir / "agent-sigterm-clone"
-    shutil.rmtree(lib_dir, ignore_errors=True)
-    lib_dir.mkdir(parents=True)
-    hv_jid = f"hv-termclone@{stack.domain}"
-    conf = write_config(stack, lib_dir, {"HYPERVISOR": {"hypervisor_xmpp_jid": hv_jid, "hypervisor_name": "hv-termclone"}})
-    process = AgentProcess(conf, lib_dir / "agent.out")
-    handle = AgentHandle(stack, process, hv_jid, lib_dir)
-    handle.full_jid = f"{hv_jid}/hv-termclone"
+    handle = second_agent(stack, "hv-termclone")
+    process, hv_jid = handle.process, handle.jid
     process.start()
-    user = stack.admin_user
-    admin = await client_for(stack, user["jid"], user["password"], "sigterm-clone-test").connect()
+    admin = await admin_client(stack, "sigterm-clone-test")
     jid = None
     try:
         await handle.wait_ready(admin)
