@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from .. import __version__
 from .client import AdminClient, AdminError, AgentError
 
 EXIT_OK, EXIT_AGENT_ERROR, EXIT_USAGE, EXIT_CONNECTION = 0, 1, 2, 3
@@ -490,9 +491,10 @@ def setup_usage(sub) -> None:
 
 
 from .ha import setup_ha  # noqa: E402 - offline (local_run), no agent
+from .net import setup_net  # noqa: E402 - offline (local_run), no agent
 
 GROUPS: list[Callable[[Any], None]] = [setup_ping, setup_acp, setup_permissions, setup_audit,
-                                       setup_roles, setup_quota, setup_usage, setup_ha]
+                                       setup_roles, setup_quota, setup_usage, setup_ha, setup_net]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -503,6 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
                "3 connection or authentication failure.  Connection options may come before or "
                "after the subcommand.",
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     add_connection_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for setup in GROUPS:
@@ -599,7 +602,7 @@ async def execute(args, connection: Connection) -> Output:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "local_run", None):  # offline subcommands (ha): no connection
+    if getattr(args, "local_run", None):  # offline subcommands (ha, net): no connection
         return args.local_run(args)
     as_json = getattr(args, "json", False)
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.CRITICAL,

@@ -1,0 +1,1 @@
+"""Host networking of a hypervisor (bond + tagged VLANs on bridges): declaration, rendering, offline check."""
