@@ -37,6 +37,7 @@ setup(
         "archipelagent.modules": [
             "storage = archipelagent_modules.storage",
             "snapshots = archipelagent_modules.snapshots",
+            "health = archipelagent_modules.health",
         ],
     },
 )

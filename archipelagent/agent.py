@@ -91,6 +91,7 @@ class Agent:
         self._tasks: set[asyncio.Task] = set()
         self.library_paths: tuple = ()  # read-only libraries (ISO, golden images) the storage module declares
         self.disks = None  # the storage module's DiskService, filled by its setup(); None while that module is off
+        self.module_services: dict[str, object] = {}  # other feature modules' services, by module name (their setup())
 
     def spawn(self, coro: Coroutine, *, name: str | None = None) -> asyncio.Task:
         """Run background work owned by the agent (kept referenced, errors logged, cancelled at stop)."""

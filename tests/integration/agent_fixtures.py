@@ -51,6 +51,7 @@ class AgentHandle:
 def write_config(stack, lib_dir, overrides=None, password="hv-secret-" + uuid.uuid4().hex):
     base = {"HYPERVISOR": {"hypervisor_name": HV_NAME}, "LOGGING": {"logging_level": "info"},
             "XMPP": {"reconnect_min_delay": "0.5", "reconnect_max_delay": "5"},
+            "HEALTH": {"health_collection_interval": "1"},  # history fills within seconds
             # The shipped default allows no network; tests attach NICs to "default".
             "VIRTUALMACHINE": {"vm_allowed_networks": "default"},
             # Short cache: the LDAP-down test waits it out (test_ldap_groups.py).
@@ -61,7 +62,7 @@ def write_config(stack, lib_dir, overrides=None, password="hv-secret-" + uuid.uu
         base.setdefault(section, {}).update(values)
     return stack.write_agent_config(
         lib_dir / "archipel.conf", hypervisor_password=password, lib_dir=lib_dir,
-        log_file=None, overrides=base,
+        log_file=lib_dir / "agent.log", overrides=base,  # a log file too: `health logs` reads it
     )
 
 
