@@ -91,6 +91,8 @@ class HealthCollector:
         self._previous: Sample | None = None
         self._task: asyncio.Task | None = None
         self._inserted = 0
+        self.vm_stats: dict[str, dict] = {}  # uuid -> the VM's last figures (libvirt's bulk stats, one call for all)
+        self._vm_cpu: dict[str, tuple[float, int]] = {}  # uuid -> (time, cpu.time ns) of the previous sample
 
     async def open(self) -> None:
         self.db = await open_private_db(self.cfg.database, SCHEMA)
@@ -131,7 +133,27 @@ class HealthCollector:
                        "uptime": sample.uptime, "networks": networks, "partitions": sample.partitions}
         if prev is not None:  # the first sample has no CPU delta: not a history row
             await self._store(self.latest)
+        if self.agent.libvirt.connected:
+            await self.collect_vms()
         return self.latest
+
+    async def collect_vms(self) -> None:
+        """Every domain's CPU, memory, disk and network counters in ONE libvirt call (never one per VM)."""
+        now = time.time()
+        records = await self.agent.libvirt.call("getAllDomainStats", 0, 0)
+        stats = {}
+        for dom, raw in records:
+            uuid = dom.UUIDString().lower()
+            figures = vm_figures(raw)
+            before = self._vm_cpu.get(uuid)
+            if before is not None and now > before[0] and figures["cpu_time"] >= before[1]:
+                cores = max(1, figures["vcpus"])
+                figures["cpu_use"] = round((figures["cpu_time"] - before[1]) / ((now - before[0]) * 1e9) * 100 / cores, 1)
+            self._vm_cpu[uuid] = (now, figures["cpu_time"])
+            stats[uuid] = {"date": _now(), **figures}
+        self.vm_stats = stats
+        for gone in set(self._vm_cpu) - set(stats):
+            del self._vm_cpu[gone]
 
     async def _store(self, s: dict) -> None:
         m, ld = s["memory"], s["load"]
@@ -149,6 +171,23 @@ class HealthCollector:
     async def history(self, limit: int) -> list[tuple]:
         async with self.db.execute("SELECT * FROM stats ORDER BY rowid DESC LIMIT ?", (limit,)) as cursor:
             return list(await cursor.fetchall())
+
+
+def vm_figures(raw: dict) -> dict:
+    """libvirt's typed-parameter names (``cpu.time``, ``block.0.rd.bytes``…) → the VM's totals."""
+    def total(prefix: str, count_key: str, suffix: str) -> int:
+        return sum(int(raw.get(f"{prefix}.{i}.{suffix}", 0)) for i in range(int(raw.get(count_key, 0))))
+
+    return {
+        "state": int(raw.get("state.state", 0)),
+        "cpu_time": int(raw.get("cpu.time", 0)),  # ns
+        "cpu_use": 0.0,  # percent of its vCPUs since the previous sample
+        "vcpus": int(raw.get("vcpu.current", 0)),
+        "memory": int(raw.get("balloon.maximum", 0)),  # KiB
+        "balloon": int(raw.get("balloon.current", 0)),  # KiB
+        "disk_read": total("block", "block.count", "rd.bytes"), "disk_write": total("block", "block.count", "wr.bytes"),
+        "net_rx": total("net", "net.count", "rx.bytes"), "net_tx": total("net", "net.count", "tx.bytes"),
+    }
 
 
 def collector(agent) -> HealthCollector:
@@ -285,3 +324,28 @@ async def logs(ctx, limit, level):
         raise Unavailable(f"cannot read the log file: {exc.strerror or exc}") from None
     return [element("log", {"level": lvl, "date": date, "file": "", "method": ""}, text=text)
             for lvl, date, text in reversed(records)]
+
+
+VM_NS = "archipel:vm:health"
+
+
+def _render_vm(payload) -> str:
+    a = payload[0].attrib
+    return (f"CPU {a['cpu_use']} % ({int(a['cpu_time']) / 1e9:.1f} s in all), memory {int(a['balloon']) // 1024} MiB, "
+            f"disks {int(a['disk_read']) // 1024} KiB read / {int(a['disk_write']) // 1024} KiB written, "
+            f"network {int(a['net_rx']) // 1024} KiB in / {int(a['net_tx']) // 1024} KiB out")
+
+
+@commands.command(VM_NS, "stats", kinds=("vm",), permission="health_stats",
+                  permission_description="See the VM's CPU, memory, disk and network statistics",
+                  chat=("stats", "statistics"), help="CPU, memory, disk and network figures of this VM (last sample)",
+                  chat_render=_render_vm)
+async def vm_stats(ctx):
+    svc = collector(ctx.agent)
+    figures = svc.vm_stats.get(ctx.entity.uuid)
+    if figures is None and ctx.agent.libvirt.connected:  # defined since the last sample: one bulk call now
+        await svc.collect_vms()
+        figures = svc.vm_stats.get(ctx.entity.uuid)
+    if figures is None:
+        raise Unavailable("no statistics for this VM (libvirt unreachable, or its domain is not defined)")
+    return element("stats", figures)

@@ -4,9 +4,11 @@ from __future__ import annotations
 import asyncio
 import os
 
+import libvirt
 import pytest
 
 from agent_fixtures import grant
+from vm_helpers import CONTROL, alloc, unique_name, vm_full, wait_libvirt_state, wait_vm_ready
 from xmpp_client import AcpError
 
 NS = "archipel:hypervisor:health"
@@ -79,3 +81,25 @@ async def test_each_action_needs_its_permission(agent, admin, new_user):
     assert await user.acp(agent.full_jid, NS, "history", {"limit": "1"}) is not None
     with pytest.raises(AcpError):
         await user.acp(agent.full_jid, NS, "logs")  # the log stays an admin's reading
+
+
+async def test_vm_stats_from_the_bulk_call(agent, admin, new_user, stack):
+    jid = await alloc(admin, agent.full_jid, unique_name("stats"))
+    full, uuid = vm_full(jid, agent.jid), jid.split("@")[0]
+    try:
+        await wait_vm_ready(admin, full)
+        await admin.acp(full, CONTROL, "create")
+        await wait_libvirt_state(stack, uuid, libvirt.VIR_DOMAIN_RUNNING)
+        for _ in range(60):  # the next samples (every second) see it running and its CPU time grow
+            stats = (await admin.acp(full, "archipel:vm:health", "stats"))[0]
+            if int(stats.get("state")) == libvirt.VIR_DOMAIN_RUNNING and int(stats.get("cpu_time")) > 0:
+                break
+            await asyncio.sleep(0.5)
+        assert int(stats.get("state")) == libvirt.VIR_DOMAIN_RUNNING and int(stats.get("cpu_time")) > 0
+        assert int(stats.get("memory")) > 0 and int(stats.get("vcpus")) >= 1
+        stranger = await new_user("statsstranger")
+        with pytest.raises(AcpError) as info:
+            await stranger.acp(full, "archipel:vm:health", "stats")
+        assert info.value.code == -1
+    finally:
+        await admin.acp(agent.full_jid, "archipel:hypervisor:control", "free", {"jid": jid})

@@ -69,3 +69,13 @@ def test_log_tail_keeps_the_last_records_at_a_level(tmp_path):
                                           ("ERROR", "2026-12-04 10:00:03,004", "a: four")]
     assert [r[2] for r in health._tail(log, 10, "INFO")] == ["a: one", "a: three", "a: four"]
     assert health._tail(log, 10, "ERROR") == [("ERROR", "2026-12-04 10:00:03,004", "a: four")]
+
+
+def test_vm_figures_sum_every_disk_and_nic():
+    raw = {"state.state": 1, "cpu.time": 5_000_000_000, "vcpu.current": 2, "balloon.maximum": 1048576,
+           "balloon.current": 524288, "block.count": 2, "block.0.rd.bytes": 100, "block.1.rd.bytes": 50,
+           "block.0.wr.bytes": 7, "net.count": 1, "net.0.rx.bytes": 9, "net.0.tx.bytes": 11}
+    assert health.vm_figures(raw) == {"state": 1, "cpu_time": 5_000_000_000, "cpu_use": 0.0, "vcpus": 2,
+                                      "memory": 1048576, "balloon": 524288, "disk_read": 150, "disk_write": 7,
+                                      "net_rx": 9, "net_tx": 11}
+    assert health.vm_figures({})["disk_read"] == 0  # a shut-off domain reports almost nothing
