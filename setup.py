@@ -24,6 +24,7 @@ setup(
         "ldap3>=2.9",
         "lxml>=4.9",
         "aiosqlite>=0.19",
+        "prometheus-client>=0.17",
     ],
     extras_require={
         "test": ["pytest>=7.4", "pytest-asyncio>=0.23", "pytest-timeout>=2.2",

@@ -19,6 +19,7 @@ from .commands.chat import ChatTransport
 from .commands.dispatch import InFlight
 from .config import AgentConfig
 from .fsio import StorageIO
+from .metrics import Metrics, read_config as metrics_config
 from .modules import FeatureModule, load_modules
 from .hypervisor.commands import EXTRA_PERMISSIONS as vm_target_permissions, commands as hypervisor_commands
 from .hypervisor.entity import HypervisorEntity
@@ -91,6 +92,9 @@ class Agent:
         self._tasks: set[asyncio.Task] = set()
         self.library_paths: tuple = ()  # read-only libraries (ISO, golden images) the storage module declares
         self.disks = None  # the storage module's DiskService, filled by its setup(); None while that module is off
+        self.metrics = Metrics(metrics_config(config))  # counts always; serves [METRICS] metrics_address when set
+        self.libvirt_reconnects = 0
+        self._libvirt_seen = False
         self.module_services: dict[str, object] = {}  # other feature modules' services, by module name (their setup())
 
     def spawn(self, coro: Coroutine, *, name: str | None = None) -> asyncio.Task:
@@ -129,12 +133,14 @@ class Agent:
         self.hypervisor = HypervisorEntity(self, hv.jid, hv.password, name=hv.name, resource=hv.name)
         self.hypervisor.start()
         await self.vms.load()
+        self.metrics.start(self)
 
     async def stop(self) -> None:
         """Stop in order; background tasks are cancelled *and awaited*, and the VM
         operations in flight finish their critical steps first (``VMManager.close``)."""
         self.vms.refuse_changes()
         await self._cancel_tasks()
+        await self.metrics.stop()
         if self.storage_health:
             await self.storage_health.stop()
         await self.vms.close()
@@ -165,6 +171,8 @@ class Agent:
     def _on_libvirt_state(self, connected: bool) -> None:
         if connected:
             log.info("libvirt connected")
+            self.libvirt_reconnects += self._libvirt_seen
+            self._libvirt_seen = True
         else:
             log.warning("libvirt connection lost")
         if self.hypervisor:

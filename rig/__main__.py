@@ -103,14 +103,16 @@ def cmd_demo(args) -> int:
                                      hypervisor_password=_hypervisor_password(agent_dir), lib_dir=lib,
                                      log_file=agent_dir / "agent.log",
                                      overrides={"HYPERVISOR": {"hypervisor_name": DEMO_HYPERVISOR_NAME},
-                                                "LDAP": st.agent_ldap_settings()})
+                                                "LDAP": st.agent_ldap_settings(),
+                                                "METRICS": {"metrics_address": f"127.0.0.1:{st.metrics_port}"}})
         summary = st.write_summary(st.state_dir / "demo.json", hypervisor_jid=st.hypervisor_jid,
                                    hypervisor_full_jid=f"{st.hypervisor_jid}/{DEMO_HYPERVISOR_NAME}",
-                                   agent_config=str(conf))
+                                   agent_config=str(conf), metrics_url=f"http://127.0.0.1:{st.metrics_port}/metrics")
         print(f"rig demo: stack up, summary in {summary}", flush=True)
         for u in st.users:
             print(f"  {u['role']:<9} {u['jid']:<24} password {u['password']}", flush=True)
         print(f"  BOSH {st.bosh_url}   WebSocket {st.ws_url}   CA {st.ca_file}", flush=True)
+        print(f"  metrics http://127.0.0.1:{st.metrics_port}/metrics (Prometheus)", flush=True)
         cmd = [sys.executable, "-m", "archipelagent", "--config", str(conf)]
         print(f"rig demo: running {' '.join(cmd)} (Ctrl-C stops agent and stack)", flush=True)
         agent = subprocess.Popen(cmd, cwd=REPO, start_new_session=True)

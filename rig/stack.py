@@ -322,6 +322,11 @@ class Stack:
                 "ldap_group_base": f"ou=groups,{self.ldap_base_dn}",
                 "ldap_admin_groups": " ".join(g for g, role in _slapd.GROUPS.items() if role == "admin")}
 
+    @property
+    def metrics_port(self) -> int:
+        """The demo agent's Prometheus endpoint (demo 9474, test 19474, …: beside the profile's c2s port)."""
+        return self.c2s_port + 4252
+
     def write_agent_config(self, path: Path | str, *, hypervisor_jid: str = f"hypervisor@{DOMAIN}",
                            hypervisor_password: str, lib_dir: Path | str, log_file: Path | str | None = None,
                            overrides: dict[str, dict[str, str]] | None = None) -> Path:
@@ -359,6 +364,7 @@ class Stack:
         if log_file:
             Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         put("LOGGING", "logging_file_path", log_file or "")
+        put("METRICS", "metrics_address", "")  # agents of one rig would share a port: off unless overridden
         for section, values in (overrides or {}).items():
             for key, value in values.items():
                 put(section, key, value)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from ..audit import record_request
+from ..metrics import observe_command
 from ..errors import ArchipelError, MissingArgument
 from ..jids import bare_jid  # noqa: F401 - re-exported for the transports
 from .registry import Command
@@ -57,6 +58,10 @@ class InFlight:
                                   "hypervisor; retry when earlier ones are answered")
         self._counts[(entity_jid, sender_bare)] += 1
         self._counts[("", sender_bare)] += 1
+
+    def total(self) -> int:
+        """Requests in flight on the whole agent."""
+        return sum(n for (entity, _), n in self._counts.items() if entity == "")
 
     def release(self, entity_jid: str, sender_bare: str) -> None:
         for key in ((entity_jid, sender_bare), ("", sender_bare)):
@@ -143,6 +148,7 @@ async def run_command(entity: "Entity", command: Command, sender: Any, raw: Mapp
     finally:
         record_request(entity, sender=sender_text, transport=transport, namespace=command.namespace,
                        action=command.action, raw=raw, command=command, error=error, started=started)
+        observe_command(entity, command.namespace, command.action, transport, error, started)
 
 
 def record_refusal(entity: "Entity", sender: Any, transport: str, namespace: str | None, action: str | None,
@@ -152,3 +158,4 @@ def record_refusal(entity: "Entity", sender: Any, transport: str, namespace: str
     unknown, gated, bad arguments) and chat's own ``help``."""
     record_request(entity, sender=sender, transport=transport, namespace=namespace, action=action,
                    raw=raw, command=command, error=error, started=started)
+    observe_command(entity, namespace, action, transport, error, started)

@@ -61,6 +61,7 @@ class Entity:
         self.presence_show = ""
         self.presence_status = "Initializing..."
         self.online = asyncio.Event()
+        self.sessions = 0  # sessions started: more than one means reconnections (metrics.py)
         self._stopping = False
         self._reconnect_handle: asyncio.TimerHandle | None = None
         self._auth_rejected = False
@@ -262,6 +263,7 @@ class Entity:
 
     # ------------------------------------------------------------- session
     async def _on_session_start(self, _event) -> None:
+        self.sessions += 1
         if self._reconnect_handle:
             self._reconnect_handle.cancel()
             self._reconnect_handle = None
