@@ -23,6 +23,8 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+import libvirt
+
 from archipelagent.commands import Arg, CommandSet, element
 from archipelagent.config import ConfigError
 from archipelagent.errors import Unavailable
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 NS = "archipel:hypervisor:health"
 SECTION = "HEALTH"
 MAX_LIMIT = 1000
+VM_STATS_TIMEOUT = 10.0  # seconds a sample waits for the bulk VM call (it goes on in its lane)
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (DEBUG|INFO|WARNING|ERROR|CRITICAL)\s+(.*)$")
 SCHEMA = ("""CREATE TABLE IF NOT EXISTS stats (
@@ -93,6 +96,7 @@ class HealthCollector:
         self._inserted = 0
         self.vm_stats: dict[str, dict] = {}  # uuid -> the VM's last figures (libvirt's bulk stats, one call for all)
         self._vm_cpu: dict[str, tuple[float, int]] = {}  # uuid -> (time, cpu.time ns) of the previous sample
+        self._vm_call: asyncio.Future | None = None
 
     async def open(self) -> None:
         self.db = await open_private_db(self.cfg.database, SCHEMA)
@@ -138,9 +142,26 @@ class HealthCollector:
         return self.latest
 
     async def collect_vms(self) -> None:
-        """Every domain's CPU, memory, disk and network counters in ONE libvirt call (never one per VM)."""
+        """Every domain's CPU, memory, disk and network counters in ONE libvirt call (never one per VM).
+
+        libvirt 9.0 asks each running QEMU's monitor for CPU, balloon, vCPU and block
+        figures: a QEMU that does not answer (stuck in I/O on a dead NFS mount) keeps
+        that call waiting.  So it runs in the slow lane, with ``NOWAIT`` (a VM whose
+        monitor is busy with another job is reported without those figures rather
+        than waited for), and while one call is pending no other is started: the
+        host's own samples go on meanwhile.
+        """
+        if self._vm_call is not None and not self._vm_call.done():
+            return  # the previous bulk call has not come back (a hung QEMU): do not pile up
         now = time.time()
-        records = await self.agent.libvirt.call("getAllDomainStats", 0, 0)
+        self._vm_call = asyncio.ensure_future(self.agent.libvirt.call(
+            "getAllDomainStats", 0, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT, slow=True))
+        try:
+            records = await asyncio.wait_for(asyncio.shield(self._vm_call), VM_STATS_TIMEOUT)
+        except asyncio.TimeoutError:
+            log.warning("health: libvirt's domain statistics did not answer within %.0f s (a QEMU not answering?)",
+                        VM_STATS_TIMEOUT)
+            return
         stats = {}
         for dom, raw in records:
             uuid = dom.UUIDString().lower()

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
 
@@ -40,7 +41,15 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="bind mounts need root
 
 
 def mount(*args: str) -> None:
-    subprocess.run(["mount", *args], check=True, capture_output=True)
+    """``mount``; a read-only remount is retried: the agent's health probe may hold a probe file
+    open for writing for an instant (``mount`` then fails with "busy", exit 32)."""
+    for attempt in range(10):
+        result = subprocess.run(["mount", *args], capture_output=True, text=True)
+        if result.returncode == 0:
+            return
+        if result.returncode != 32 or attempt == 9:
+            raise subprocess.CalledProcessError(result.returncode, ["mount", *args], result.stdout, result.stderr)
+        time.sleep(0.2)
 
 
 def umount_all(path) -> None:
