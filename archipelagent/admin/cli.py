@@ -492,9 +492,10 @@ def setup_usage(sub) -> None:
 
 from .ha import setup_ha  # noqa: E402 - offline (local_run), no agent
 from .net import setup_net  # noqa: E402 - offline (local_run), no agent
+from .doctor import setup_doctor  # noqa: E402 - local (local_run), from the agent's configuration
 
 GROUPS: list[Callable[[Any], None]] = [setup_ping, setup_acp, setup_permissions, setup_audit,
-                                       setup_roles, setup_quota, setup_usage, setup_ha, setup_net]
+                                       setup_roles, setup_quota, setup_usage, setup_ha, setup_net, setup_doctor]
 
 
 def build_parser() -> argparse.ArgumentParser:
