@@ -1,0 +1,99 @@
+"""The browser client (web/) in Debian's chromium against the real stack and agent.
+
+Served by ejabberd's mod_http_fileserver at /web/ on the BOSH/WebSocket
+listener; people log in with their LDAP passwords.
+"""
+from __future__ import annotations
+
+import json
+import re
+import socket
+import urllib.request
+
+import libvirt
+import pytest
+from playwright.async_api import expect
+
+from agent_fixtures import grant
+from vm_helpers import alloc, unique_name, vm_full, wait_libvirt_state, wait_vm_ready
+from web_browser import browser, contact, login, screenshot, web  # noqa: F401 - fixtures
+
+HV_NS = "archipel:hypervisor:control"
+
+
+def closed_port() -> int:
+    """A loopback port nobody listens on (bound then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def page_urls(stack) -> tuple[str, str]:
+    """The WebSocket and BOSH URLs of the web client's origin."""
+    origin = stack.web_url.rsplit("/web/", 1)[0]
+    return origin.replace("http:", "ws:", 1) + "/ws", origin + "/http-bind"
+
+
+def get(stack, path: str):
+    """GET on the rig's HTTP listener with the Host header the browser sends."""
+    req = urllib.request.Request(f"http://127.0.0.1:{stack.http_port}{path}",
+                                 headers={"Host": f"{stack.domain}:{stack.http_port}"})
+    return urllib.request.urlopen(req, timeout=10)
+
+
+def test_bundle_served_same_origin_as_bosh(stack):
+    with get(stack, "/web/") as r:
+        assert r.status == 200 and b'<script type="module" src="app.js">' in r.read()
+    with get(stack, "/web/app.js") as r:
+        assert r.headers["Content-Type"].startswith("application/javascript")
+        assert b"http-bind" in r.read()  # the bundle, strophe.js inside: no CDN
+
+
+async def test_login_prefills_urls_from_origin_and_refuses_a_wrong_password(web, stack):
+    ws_url, bosh_url = page_urls(stack)
+    assert await web.input_value("#login-ws") == ws_url
+    assert await web.input_value("#login-bosh") == bosh_url
+    await screenshot(web, "login")
+    student = stack.user("student1")
+    await login(web, student["jid"], student["password"] + "-wrong")
+    await expect(web.locator("#login-error")).to_have_text("Wrong JID or password.")
+    assert await web.is_visible("#login-form") and not await web.is_visible("#app-view")
+    assert await web.get_attribute("#conn-state", "data-state") == "offline"
+
+
+async def test_unreachable_server_is_said_so(web, stack):
+    student = stack.user("student1")
+    port = closed_port()
+    await login(web, student["jid"], student["password"], ws_url=f"ws://127.0.0.1:{port}/ws",
+                bosh_url=f"http://127.0.0.1:{port}/http-bind")
+    await expect(web.locator("#login-error")).to_have_text(re.compile("cannot be reached"), timeout=25000)
+
+
+async def test_bosh_is_the_fallback_when_websocket_fails(web, stack):
+    student = stack.user("student2")
+    await login(web, student["jid"], student["password"], ws_url=f"ws://127.0.0.1:{closed_port()}/ws")
+    await expect(web.locator("#conn-state")).to_have_text(f"Connected as {student['jid']} over BOSH")
+
+
+async def test_student_sees_the_hypervisor_live_and_remember_me_keeps_no_password(web, stack, agent, admin):
+    student = stack.user("student1")
+    await grant(admin, agent.full_jid, student["jid"], "presence")
+    await login(web, student["jid"], student["password"], remember=True)
+    await expect(web.locator("#conn-state")).to_have_text(f"Connected as {student['jid']} over WebSocket")
+    await web.fill("#add-jid", agent.jid)
+    await web.press("#add-jid", "Enter")
+    hv = contact(web, agent.jid)
+    await expect(hv).to_have_count(1)
+    await expect(web.locator('section.group[data-role="hypervisor"]').locator(f'[data-jid="{agent.jid}"]')).to_have_count(1)
+    await expect(hv.locator(".status")).to_have_text(re.compile(r"^Online \(\d+\)$"))
+    await expect(hv).to_have_attribute("data-state", "available")
+    stored = await web.evaluate("localStorage.getItem('archipel.login')")
+    ws_url, bosh_url = page_urls(stack)
+    assert json.loads(stored) == {"jid": student["jid"], "wsUrl": ws_url, "boshUrl": bosh_url}
+    assert student["password"] not in await web.evaluate("JSON.stringify(localStorage)")
+    # the filter hides what does not match
+    await web.fill("#roster-filter", "no-such-thing")
+    await expect(hv).to_have_count(0)
+    await web.fill("#roster-filter", "online")
+    await expect(hv).to_have_count(1)
+    assert web.errors == []
