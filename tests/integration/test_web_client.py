@@ -97,3 +97,76 @@ async def test_student_sees_the_hypervisor_live_and_remember_me_keeps_no_passwor
     await web.fill("#roster-filter", "online")
     await expect(hv).to_have_count(1)
     assert web.errors == []
+
+
+async def open_app(web, stack, user: dict) -> None:
+    await login(web, user["jid"], user["password"])
+    await expect(web.locator("#conn-state")).to_have_text(re.compile(f"^Connected as {re.escape(user['jid'])}"))
+
+
+async def add_contact(web, jid: str) -> None:
+    await web.fill("#add-jid", jid)
+    await web.press("#add-jid", "Enter")
+    await expect(contact(web, jid)).to_have_count(1)
+
+
+async def test_student_allocates_accepts_and_starts_a_vm_from_the_page(web, stack, agent, admin):
+    student = stack.user("student2")
+    await grant(admin, agent.full_jid, student["jid"], "presence", "alloc")
+    await open_app(web, stack, student)
+    await add_contact(web, agent.jid)
+    hv = contact(web, agent.jid)
+    await expect(hv.locator(".status")).to_have_text(re.compile(r"^Online"))
+    await hv.locator("button.open").click()
+    name = unique_name("web")
+    await web.fill("#alloc-name", name)
+    await web.press("#alloc-name", "Enter")
+    await expect(web.locator("#entity-pane .message")).to_have_text(f"Allocate {name}: done.")
+    # the new VM asks its owner to see their presence; accepting subscribes back
+    request = web.locator("#requests .request")
+    await expect(request).to_contain_text(name)  # only the VM: the hypervisor, added by the user, is answered
+    vm_jid = await request.get_attribute("data-jid")
+    await request.get_by_role("button", name="Accept").click()
+    vm = web.locator('section.group[data-role="virtualmachine"]').locator(f'li.contact[data-jid="{vm_jid}"]')
+    await expect(vm.locator(".status")).to_have_text("Off")
+    await expect(vm.locator(".name")).to_have_text(name)
+    await screenshot(web, "roster")
+    await vm.locator("button.open").click()
+    start = web.get_by_role("button", name="Start")
+    await expect(start).to_be_enabled()  # the owner holds "all" (getown)
+    await start.click()
+    uuid = vm_jid.split("@")[0]
+    await wait_libvirt_state(stack, uuid, libvirt.VIR_DOMAIN_RUNNING)
+    await expect(web.locator("#entity-pane .entity-state")).to_have_text("Running")  # through presence
+    await expect(vm.locator(".status")).to_have_text("Running")
+    await screenshot(web, "vm")
+    await web.get_by_role("button", name="Destroy").click()
+    await wait_libvirt_state(stack, uuid, libvirt.VIR_DOMAIN_SHUTOFF)
+    await expect(web.locator("#entity-pane .entity-state")).to_have_text("Off")
+    assert web.errors == []
+
+
+async def test_buttons_follow_what_the_user_holds_and_a_forced_request_shows_the_agents_error(web, stack, agent, admin):
+    student = stack.user("student1")
+    vm_jid = await alloc(admin, agent.full_jid, unique_name("webro"))
+    vm = vm_full(vm_jid, agent.jid)
+    await wait_vm_ready(admin, vm)
+    await grant(admin, vm, student["jid"], "presence", "reboot")
+    await open_app(web, stack, student)
+    await add_contact(web, vm_jid)
+    item = contact(web, vm_jid)
+    await expect(item.locator(".status")).to_have_text("Off")
+    await item.locator("button.open").click()
+    await expect(web.get_by_role("button", name="Reboot")).to_be_enabled()
+    start = web.get_by_role("button", name="Start")
+    await expect(start).to_be_disabled()
+    await start.evaluate("b => { b.disabled = false; }")  # what a hand-crafted request would do
+    await start.click()
+    await expect(web.locator("#entity-pane .entity-error")).to_have_text(
+        "Start: Cannot use 'create': permission denied")
+    assert libvirt_state_is_off(stack, vm_jid)
+
+
+def libvirt_state_is_off(stack, vm_jid: str) -> bool:
+    from vm_helpers import libvirt_state
+    return libvirt_state(stack, vm_jid.split("@")[0]) == libvirt.VIR_DOMAIN_SHUTOFF

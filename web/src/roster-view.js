@@ -49,8 +49,8 @@ export function setupRosterView(roster, onSelect) {
     const box = $("#requests");
     box.replaceChildren();
     box.hidden = roster.requests.size === 0;
-    for (const jid of roster.requests) {
-      box.append(h("p", { class: "request", dataset: { jid } }, `${jid} wants to see your presence `,
+    for (const [jid, nick] of roster.requests) {
+      box.append(h("p", { class: "request", dataset: { jid } }, `${nick ? `${nick} (${jid})` : jid} wants to see your presence `,
         h("button", { type: "button", onclick: () => roster.answer(jid, true) }, "Accept"),
         h("button", { type: "button", onclick: () => roster.answer(jid, false) }, "Decline")));
     }

@@ -17,11 +17,11 @@ export class Roster extends EventTarget {
     super();
     this.session = session;
     this.items = new Map(); // bare jid -> {jid, name, subscription, ask, role, resources: Map(res -> {show, status})}
-    this.requests = new Set(); // bare jids asking to see our presence
+    this.requests = new Map(); // bare jid asking to see our presence -> the nick it gave
     session.on((iq) => this._onPush(iq), NS_ROSTER, "iq", "set");
     session.on((p) => this._onPresence(p), null, "presence");
     session.addEventListener("state", (e) => {
-      if (e.detail.state === "online") this.load();
+      if (e.detail.state === "online") this.load().catch((err) => console.warn("roster:", err.message));
       else if (e.detail.state !== "online") this._allOffline();
     });
   }
@@ -42,6 +42,7 @@ export class Roster extends EventTarget {
     for (const jid of [...this.items.keys()]) if (!seen.has(jid)) this.items.delete(jid);
     this.loaded = true;
     this._changed();
+    this.session.send($pres()); // initial presence after the roster (RFC 6121 §2.2): no presence is missed
   }
 
   _upsert(el) {
@@ -84,7 +85,16 @@ export class Roster extends EventTarget {
     const from = p.getAttribute("from") || "";
     const bare = Strophe.getBareJidFromJid(from);
     const type = p.getAttribute("type") || "available";
-    if (type === "subscribe") { this.requests.add(bare); this._changed(); return; }
+    if (type === "subscribe") {
+      if (this.items.has(bare)) { // a contact the user added asks back: mutual, as most clients do
+        this.session.send($pres({ to: bare, type: "subscribed" }));
+        return;
+      }
+      const nick = p.getElementsByTagNameNS("http://jabber.org/protocol/nick", "nick")[0];
+      this.requests.set(bare, nick ? nick.textContent : "");
+      this._changed();
+      return;
+    }
     if (type === "error" || type === "subscribed" || type === "unsubscribe" || type === "unsubscribed") return;
     const item = this.items.get(bare);
     if (!item) return;
@@ -122,10 +132,12 @@ export class Roster extends EventTarget {
       .c("item", { jid, subscription: "remove" }));
   }
 
+  /** Accept (and subscribe back) or decline a subscription request. */
   answer(jid, accept) {
+    const nick = this.requests.get(jid) || "";
     this.requests.delete(jid);
     this.session.send($pres({ to: jid, type: accept ? "subscribed" : "unsubscribed" }));
-    if (accept && !this.items.has(jid)) this.add(jid).catch(() => {});
+    if (accept && !this.items.has(jid)) this.add(jid, nick).catch(() => {});
     this._changed();
   }
 }

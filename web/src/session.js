@@ -126,8 +126,7 @@ export class Session extends EventTarget {
           for (const [fn, ns, nm, type] of this._handlers) {
             conn.addHandler((st) => { try { fn(st); } catch (e) { console.warn(e); } return true; }, ns, nm, type);
           }
-          conn.send($pres());
-          this._setState("online");
+          this._setState("online"); // the roster sends the initial presence once it has loaded
           resolve();
         } else if (status === S.AUTHFAIL) {
           fail("auth");
