@@ -170,3 +170,34 @@ async def test_buttons_follow_what_the_user_holds_and_a_forced_request_shows_the
 def libvirt_state_is_off(stack, vm_jid: str) -> bool:
     from vm_helpers import libvirt_state
     return libvirt_state(stack, vm_jid.split("@")[0]) == libvirt.VIR_DOMAIN_SHUTOFF
+
+
+async def test_a_dropped_connection_reconnects_by_itself_with_a_visible_state(web, stack, agent, admin):
+    student = stack.user("teacher1")
+    await grant(admin, agent.full_jid, student["jid"], "presence")
+    await open_app(web, stack, student)
+    await add_contact(web, agent.jid)
+    await expect(contact(web, agent.jid).locator(".status")).to_have_text(re.compile(r"^Online"))
+    await web.evaluate("window.states = []; archipel.session.addEventListener('state', e => states.push(e.detail.state))")
+    resource = (await web.evaluate("archipel.session.jid")).split("/", 1)[1]
+    user, host = student["jid"].split("@")
+    stack.ejabberd_api("kick_session", user=user, host=host, resource=resource, reason="test drop")
+    await expect(web.locator("#conn-state")).to_have_text(re.compile(r"^Connected as"))
+    await web.wait_for_function("states.includes('online')")
+    assert (await web.evaluate("states"))[:1] == ["reconnecting"]
+    assert await web.evaluate("archipel.session.jid") != f"{student['jid']}/{resource}"  # a new session
+    await expect(contact(web, agent.jid).locator(".status")).to_have_text(re.compile(r"^Online"))
+
+
+async def test_remove_a_contact(web, stack, agent, admin):
+    student = stack.user("stranger1")
+    await grant(admin, agent.full_jid, student["jid"], "presence")
+    await open_app(web, stack, student)
+    await add_contact(web, agent.jid)
+    web.once("dialog", lambda dialog: dialog.accept())
+    await contact(web, agent.jid).get_by_role("button", name=f"Remove {agent.jid}").click()
+    await expect(contact(web, agent.jid)).to_have_count(0)
+    await web.reload()  # the server's roster, not the page's memory
+    await open_app(web, stack, student)
+    await web.wait_for_function("archipel.roster.loaded === true")
+    await expect(contact(web, agent.jid)).to_have_count(0)
