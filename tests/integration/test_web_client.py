@@ -9,17 +9,14 @@ import json
 import re
 import socket
 import urllib.request
+import xml.etree.ElementTree as ET
 
 import libvirt
-import pytest
 from playwright.async_api import expect
 
-from agent_fixtures import grant
-from vm_helpers import alloc, unique_name, vm_full, wait_libvirt_state, wait_vm_ready
+from agent_fixtures import PERMS_NS, grant
+from vm_helpers import alloc, libvirt_state, unique_name, vm_full, wait_libvirt_state, wait_vm_ready
 from web_browser import browser, contact, login, screenshot, web  # noqa: F401 - fixtures
-
-HV_NS = "archipel:hypervisor:control"
-
 
 def closed_port() -> int:
     """A loopback port nobody listens on (bound then released)."""
@@ -164,12 +161,7 @@ async def test_buttons_follow_what_the_user_holds_and_a_forced_request_shows_the
     await start.click()
     await expect(web.locator("#entity-pane .entity-error")).to_have_text(
         "Start: Cannot use 'create': permission denied")
-    assert libvirt_state_is_off(stack, vm_jid)
-
-
-def libvirt_state_is_off(stack, vm_jid: str) -> bool:
-    from vm_helpers import libvirt_state
-    return libvirt_state(stack, vm_jid.split("@")[0]) == libvirt.VIR_DOMAIN_SHUTOFF
+    assert libvirt_state(stack, vm_jid.split("@")[0]) == libvirt.VIR_DOMAIN_SHUTOFF
 
 
 async def test_a_dropped_connection_reconnects_by_itself_with_a_visible_state(web, stack, agent, admin):
@@ -201,3 +193,28 @@ async def test_remove_a_contact(web, stack, agent, admin):
     await open_app(web, stack, student)
     await web.wait_for_function("archipel.roster.loaded === true")
     await expect(contact(web, agent.jid)).to_have_count(0)
+
+
+async def test_rights_through_a_group_role_enable_their_buttons(web, stack, agent, admin):
+    """Rights a teacher holds only through an LDAP group's role count (getown effective=yes)."""
+    teacher = stack.user("teacher1")
+    vm_jid = await alloc(admin, agent.full_jid, unique_name("webgrp"))
+    vm = vm_full(vm_jid, agent.jid)
+    await wait_vm_ready(admin, vm)
+    role = unique_name("rebooter")
+    await admin.acp(agent.full_jid, PERMS_NS, "setrole", {"name": role},
+                    children=[ET.Element("permission", {"name": "reboot"})])
+    try:
+        await grant(admin, vm, teacher["jid"], "presence")
+        await admin.acp(vm, PERMS_NS, "set", children=[ET.Element("permission", {
+            "permission_type": "role", "permission_target": "teachers", "permission_name": role,
+            "permission_value": "true"})])
+        await open_app(web, stack, teacher)
+        await add_contact(web, vm_jid)
+        await expect(contact(web, vm_jid).locator(".status")).to_have_text("Off")
+        await contact(web, vm_jid).locator("button.open").click()
+        await expect(web.get_by_role("button", name="Reboot")).to_be_enabled()
+        for label in ("Start", "Destroy", "Shutdown"):
+            await expect(web.get_by_role("button", name=label)).to_be_disabled()
+    finally:
+        await admin.acp(agent.full_jid, PERMS_NS, "delrole", {"name": role})

@@ -14,9 +14,17 @@ export function setupEntityView(session, roster) {
   let current = null; // {item, held: Set|null, message, error}
 
   async function fetchHeld(state) {
+    const to = roster.fullJid(state.item);
+    const read = (q) => new Set([...q.getElementsByTagName("permission")].map((p) => p.getAttribute("name")));
     try {
-      const q = await session.acp(roster.fullJid(state.item), NS_PERMS, "getown");
-      state.held = new Set([...q.getElementsByTagName("permission")].map((p) => p.getAttribute("name")));
+      // effective=yes: rights through groups, roles and admin too; an agent without it
+      // refuses the argument (-46), then the explicit grants are what can be known
+      try {
+        state.held = read(await session.acp(to, NS_PERMS, "getown", { effective: "yes" }));
+      } catch (e) {
+        if (e.code !== -46) throw e;
+        state.held = read(await session.acp(to, NS_PERMS, "getown"));
+      }
     } catch (e) {
       state.held = new Set();
       state.error = `Your permissions could not be read: ${e.message}`;
