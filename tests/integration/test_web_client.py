@@ -218,3 +218,33 @@ async def test_rights_through_a_group_role_enable_their_buttons(web, stack, agen
             await expect(web.get_by_role("button", name=label)).to_be_disabled()
     finally:
         await admin.acp(agent.full_jid, PERMS_NS, "delrole", {"name": role})
+
+
+async def test_keyboard_at_phone_width_and_live_updates_keep_what_is_typed(browser, stack, agent, admin):
+    user = stack.user("student1")
+    await grant(admin, agent.full_jid, user["jid"], "presence")
+    context = await browser.new_context(viewport={"width": 390, "height": 844})
+    try:
+        page = await context.new_page()
+        await page.goto(stack.web_url)
+        await page.keyboard.type(user["jid"])  # the JID field has the focus
+        await page.keyboard.press("Tab")
+        await page.keyboard.type(user["password"])
+        await page.keyboard.press("Enter")
+        await expect(page.locator("#conn-state")).to_have_text(re.compile("^Connected"))
+        assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        await add_contact(page, agent.jid)
+        hv = contact(page, agent.jid)
+        await expect(hv.locator(".status")).to_have_text(re.compile(r"^Online \(\d+\)$"))
+        await hv.locator("button.open").focus()
+        await page.keyboard.press("Enter")
+        await page.focus("#alloc-name")
+        await page.keyboard.type("half-typed")
+        before = await hv.locator(".status").text_content()
+        await alloc(admin, agent.full_jid, unique_name("bump"))  # the hypervisor's presence changes
+        await expect(hv.locator(".status")).not_to_have_text(before)
+        await expect(page.locator("#entity-pane .entity-state")).not_to_have_text(before)
+        assert await page.input_value("#alloc-name") == "half-typed"
+        assert await page.evaluate("document.activeElement.id") == "alloc-name"
+    finally:
+        await context.close()

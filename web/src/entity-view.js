@@ -14,19 +14,16 @@ export function setupEntityView(session, roster) {
   let current = null; // {item, held: Set|null, message, error}
 
   async function fetchHeld(state) {
-    const to = roster.fullJid(state.item);
-    const read = (q) => new Set([...q.getElementsByTagName("permission")].map((p) => p.getAttribute("name")));
+    // effective=yes: rights through groups, roles and admin rights too. An older
+    // agent ignores the argument and answers the explicit grants only.
+    state.heldFailed = false;
     try {
-      // effective=yes: rights through groups, roles and admin too; an agent without it
-      // refuses the argument (-46), then the explicit grants are what can be known
-      try {
-        state.held = read(await session.acp(to, NS_PERMS, "getown", { effective: "yes" }));
-      } catch (e) {
-        if (e.code !== -46) throw e;
-        state.held = read(await session.acp(to, NS_PERMS, "getown"));
-      }
+      const q = await session.acp(roster.fullJid(state.item), NS_PERMS, "getown", { effective: "yes" });
+      state.held = new Set([...q.getElementsByTagName("permission")].map((p) => p.getAttribute("name")));
+      if (state.error.startsWith("Your permissions")) state.error = "";
     } catch (e) {
       state.held = new Set();
+      state.heldFailed = true; // asked again once the entity is online
       state.error = `Your permissions could not be read: ${e.message}`;
     }
     if (current === state) render();
@@ -48,27 +45,45 @@ export function setupEntityView(session, roster) {
     if (current === state) render();
   }
 
+  // Built once per selection, then updated in place: presence changes never
+  // take the focus or a half-typed value away.
   function render() {
     if (!current) { pane.replaceChildren(h("p", { class: "hint" }, "Choose an entity in the roster.")); return; }
-    const { item } = current;
+    const state = current;
+    const { item } = state;
+    if (!state.dom) {
+      state.dom = {
+        title: h("h2", {}),
+        state: h("strong", { class: "entity-state" }),
+        message: h("p", { class: "message", role: "status" }),
+        error: h("p", { class: "error entity-error", role: "alert" }),
+        buttons: [],
+      };
+      const body = [state.dom.title, h("p", { class: "jid" }, item.jid), h("p", {}, "State: ", state.dom.state)];
+      if (item.role === "virtualmachine") body.push(vmControls(state));
+      else if (item.role === "hypervisor") body.push(hypervisorControls(state));
+      body.push(state.dom.message, state.dom.error);
+      pane.replaceChildren(...body);
+    }
     const pr = roster.presence(item);
-    const title = item.fullName || item.name || item.jid;
-    const body = [h("h2", {}, title), h("p", { class: "jid" }, item.jid),
-      h("p", {}, "State: ", h("strong", { class: "entity-state" }, pr.online ? pr.status || "Online" : "Offline"))];
-    if (item.role === "virtualmachine") body.push(vmControls(current));
-    else if (item.role === "hypervisor") body.push(hypervisorControls(current));
-    body.push(h("p", { class: "message", role: "status" }, current.message || ""));
-    body.push(h("p", { class: "error entity-error", role: "alert" }, current.error || ""));
-    pane.replaceChildren(...body);
+    state.dom.title.textContent = item.fullName || item.name || item.jid;
+    state.dom.state.textContent = pr.online ? pr.status || "Online" : "Offline";
+    state.dom.message.textContent = state.message || "";
+    state.dom.error.textContent = state.error || "";
+    for (const [button, action] of state.dom.buttons) {
+      button.disabled = !may(state, action);
+      button.title = may(state, action) ? "" : `You do not hold "${action}" on this VM`;
+    }
   }
 
   function vmControls(state) {
     const bar = h("div", { class: "controls", role: "group", "aria-label": "VM controls" });
     for (const [label, action] of VM_CONTROLS) {
-      bar.append(h("button", { type: "button", dataset: { action }, disabled: !may(state, action),
-        title: may(state, action) ? null : `You do not hold "${action}" on this VM`,
+      const button = h("button", { type: "button", dataset: { action }, disabled: true,
         onclick: () => run(state, label, () => session.acp(roster.fullJid(state.item), NS_VM, action, {}, "set")) },
-      label));
+      label);
+      state.dom.buttons.push([button, action]);
+      bar.append(button);
     }
     return bar;
   }
@@ -79,15 +94,15 @@ export function setupEntityView(session, roster) {
       ev.preventDefault();
       const name = input.value.trim();
       if (!name) return;
-      run(state, `Allocate ${name}`, async () => {
-        const q = await session.acp(roster.fullJid(state.item), NS_HV, "alloc", { name }, "set");
-        const vm = q && q.firstElementChild ? q.firstElementChild.getAttribute("jid") : "";
-        if (vm) state.allocated = vm;
-      });
+      run(state, `Allocate ${name}`, () => session.acp(roster.fullJid(state.item), NS_HV, "alloc", { name }, "set"));
     } }, h("label", { for: "alloc-name" }, "New virtual machine name"), input, h("button", { type: "submit" }, "Allocate"));
   }
 
-  roster.addEventListener("change", () => { if (current) render(); });
+  roster.addEventListener("change", () => {
+    if (!current) return;
+    if (current.heldFailed && roster.presence(current.item).online) fetchHeld(current);
+    render();
+  });
   return {
     show(item) {
       current = { item, held: null, message: "", error: "" };

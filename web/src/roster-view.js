@@ -16,6 +16,9 @@ export function setupRosterView(roster, onSelect) {
   function render() {
     const text = filter.value.trim().toLowerCase();
     const box = $("#roster-groups");
+    // keep the keyboard focus on the same contact's button across re-renders
+    const focused = box.contains(document.activeElement) ? document.activeElement : null;
+    const refocus = focused && focused.closest("li") ? [focused.closest("li").dataset.jid, focused.className] : null;
     box.replaceChildren();
     for (const [role, title] of GROUPS) {
       const items = [...roster.items.values()]
@@ -28,6 +31,11 @@ export function setupRosterView(roster, onSelect) {
         h("h2", {}, `${title} (${items.length})`), list));
     }
     renderRequests();
+    if (refocus) {
+      const li = [...box.querySelectorAll("li.contact")].find((el) => el.dataset.jid === refocus[0]);
+      const again = li && li.querySelector(`button.${refocus[1].split(" ")[0]}`);
+      if (again) again.focus();
+    }
   }
 
   function renderItem(item) {
