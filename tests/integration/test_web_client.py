@@ -179,6 +179,13 @@ async def test_a_dropped_connection_reconnects_by_itself_with_a_visible_state(we
     assert (await web.evaluate("states"))[:1] == ["reconnecting"]
     assert await web.evaluate("archipel.session.jid") != f"{student['jid']}/{resource}"  # a new session
     await expect(contact(web, agent.jid).locator(".status")).to_have_text(re.compile(r"^Online"))
+    # the drop itself is logged by strophe.js and Chromium; nothing else may be
+    assert [e for e in web.errors if not e.startswith("WebSocket")] == []
+    await web.get_by_role("button", name="Log out").click()  # and nothing of the session stays
+    await expect(web.locator("#login-form")).to_be_visible()
+    await expect(web.locator("#conn-state")).to_have_text("Offline")
+    assert await web.input_value("#login-password") == ""
+    assert await web.evaluate("archipel.roster.items.size") == 0
 
 
 async def test_remove_a_contact(web, stack, agent, admin):
@@ -193,6 +200,7 @@ async def test_remove_a_contact(web, stack, agent, admin):
     await open_app(web, stack, student)
     await web.wait_for_function("archipel.roster.loaded === true")
     await expect(contact(web, agent.jid)).to_have_count(0)
+    assert web.errors == []
 
 
 async def test_rights_through_a_group_role_enable_their_buttons(web, stack, agent, admin):
@@ -216,6 +224,7 @@ async def test_rights_through_a_group_role_enable_their_buttons(web, stack, agen
         await expect(web.get_by_role("button", name="Reboot")).to_be_enabled()
         for label in ("Start", "Destroy", "Shutdown"):
             await expect(web.get_by_role("button", name=label)).to_be_disabled()
+        assert web.errors == []
     finally:
         await admin.acp(agent.full_jid, PERMS_NS, "delrole", {"name": role})
 

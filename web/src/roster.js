@@ -22,11 +22,19 @@ export class Roster extends EventTarget {
     session.on((p) => this._onPresence(p), null, "presence");
     session.addEventListener("state", (e) => {
       if (e.detail.state === "online") this.load().catch((err) => console.warn("roster:", err.message));
-      else if (e.detail.state !== "online") this._allOffline();
+      else if (e.detail.state === "offline") this._forget(); // logged out: nothing of this user stays
+      else this._allOffline();
     });
   }
 
   _changed() { this.dispatchEvent(new Event("change")); }
+
+  _forget() {
+    this.items.clear();
+    this.requests.clear();
+    this.loaded = false;
+    this._changed();
+  }
 
   _allOffline() {
     for (const item of this.items.values()) item.resources.clear();

@@ -117,7 +117,7 @@ export class Session extends EventTarget {
         reject(new Error(kind));
       };
       const timeout = setTimeout(() => fail("unreachable"), CONNECT_TIMEOUT_MS);
-      conn.connect(`${this._creds.jid}/${resource}`, this._creds.password, (status, cond) => {
+      conn.connect(`${this._creds.jid}/${resource}`, this._creds.password, (status) => {
         if (status === S.CONNECTED) {
           settled = true;
           clearTimeout(timeout);
@@ -131,7 +131,7 @@ export class Session extends EventTarget {
         } else if (status === S.AUTHFAIL) {
           fail("auth");
         } else if (status === S.CONNFAIL || status === S.CONNTIMEOUT || status === S.ERROR) {
-          if (!settled) fail(cond === "conflict" ? "auth" : "unreachable");
+          if (!settled) fail("unreachable");
         } else if (status === S.DISCONNECTED) {
           if (!settled) fail("unreachable");
           else if (this.conn === conn) this._dropped();
