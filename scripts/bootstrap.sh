@@ -54,7 +54,7 @@ elif [[ "$(readlink -f "$pybin")" == /usr/bin/* ]]; then
     is_installed python3-dev || missing+=(python3-dev)
 fi
 command -v cc >/dev/null 2>&1 || is_installed gcc || missing+=(gcc)
-command -v node >/dev/null 2>&1 || missing+=(nodejs npm)  # the web client's build (web/)
+{ command -v node && command -v npm; } >/dev/null 2>&1 || missing+=(nodejs npm)  # the web client's build (web/)
 
 if [ ${#missing[@]} -gt 0 ]; then
     [ "$(id -u)" = 0 ] || die "missing packages (${missing[*]}) and not root: run as root"

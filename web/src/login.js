@@ -16,8 +16,8 @@ function remembered() {
 
 export function setupLogin(session, onLoggedIn) {
   const form = $("#login-form");
-  const urls = { ...defaultUrls(), ...(remembered() || {}) };
   const saved = remembered();
+  const urls = { ...defaultUrls(), ...(saved || {}) };
   $("#login-jid").value = saved ? saved.jid || "" : "";
   $("#login-ws").value = urls.wsUrl;
   $("#login-bosh").value = urls.boshUrl;

@@ -12,6 +12,7 @@ export const LOGIN_ERRORS = {
   auth: "Wrong JID or password.",
   unreachable: "The server cannot be reached: check the server URLs and your network.",
   badjid: "Enter a full JID such as student1@archipel.test.",
+  cancelled: "Login cancelled.",
 };
 
 /** An error reply of the agent, carrying its own text. */
@@ -106,7 +107,7 @@ export class Session extends EventTarget {
 
   _open(url, name) {
     return new Promise((resolve, reject) => {
-      const conn = new Strophe.Connection(url, { protocol: undefined });
+      const conn = new Strophe.Connection(url);
       const resource = `web-${Math.random().toString(36).slice(2, 8)}`;
       let settled = false;
       const fail = (kind) => {
@@ -119,6 +120,13 @@ export class Session extends EventTarget {
       const timeout = setTimeout(() => fail("unreachable"), CONNECT_TIMEOUT_MS);
       conn.connect(`${this._creds.jid}/${resource}`, this._creds.password, (status) => {
         if (status === S.CONNECTED) {
+          if (!this._wanted) { // logged out while this attempt was under way
+            settled = true;
+            clearTimeout(timeout);
+            conn.disconnect("logout");
+            reject(new Error("cancelled"));
+            return;
+          }
           settled = true;
           clearTimeout(timeout);
           this.conn = conn;
