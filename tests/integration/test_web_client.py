@@ -131,6 +131,8 @@ async def test_student_allocates_accepts_and_starts_a_vm_from_the_page(web, stac
     await vm.locator("button.open").click()
     start = web.get_by_role("button", name="Start")
     await expect(start).to_be_enabled()  # the owner holds "all" (getown)
+    await expect(web.locator("#entity-pane .vm-info")).to_have_text(
+        re.compile(r"^Memory: \d+ MiB · vCPUs: \d+ · Autostart: no$"))
     await start.click()
     uuid = vm_jid.split("@")[0]
     await wait_libvirt_state(stack, uuid, libvirt.VIR_DOMAIN_RUNNING)

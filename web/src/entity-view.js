@@ -21,10 +21,27 @@ export function setupEntityView(session, roster) {
       const q = await session.acp(roster.fullJid(state.item), NS_PERMS, "getown", { effective: "yes" });
       state.held = new Set([...q.getElementsByTagName("permission")].map((p) => p.getAttribute("name")));
       if (state.error.startsWith("Your permissions")) state.error = "";
+      if (may(state, "info")) fetchInfo(state);
     } catch (e) {
       state.held = new Set();
       state.heldFailed = true; // asked again once the entity is online
       state.error = `Your permissions could not be read: ${e.message}`;
+    }
+    if (current === state) render();
+  }
+
+  // memory, vCPUs, autostart: asked again whenever the VM's presence status changes
+  async function fetchInfo(state) {
+    state.infoStatus = roster.presence(state.item).status;
+    try {
+      const q = await session.acp(roster.fullJid(state.item), NS_VM, "info");
+      const info = q && q.firstElementChild;
+      if (!info) return;
+      const mib = Math.round(Number(info.getAttribute("memory")) / 1024);
+      state.info = `Memory: ${mib} MiB · vCPUs: ${info.getAttribute("nrVirtCpu")} · ` +
+        `Autostart: ${info.getAttribute("autostart") === "1" ? "yes" : "no"}`;
+    } catch (e) {
+      state.info = `Details unavailable: ${e.message}`;
     }
     if (current === state) render();
   }
@@ -55,12 +72,13 @@ export function setupEntityView(session, roster) {
       state.dom = {
         title: h("h2", {}),
         state: h("strong", { class: "entity-state" }),
+        info: h("p", { class: "vm-info" }),
         message: h("p", { class: "message", role: "status" }),
         error: h("p", { class: "error entity-error", role: "alert" }),
         buttons: [],
       };
       const body = [state.dom.title, h("p", { class: "jid" }, item.jid), h("p", {}, "State: ", state.dom.state)];
-      if (item.role === "virtualmachine") body.push(vmControls(state));
+      if (item.role === "virtualmachine") body.push(state.dom.info, vmControls(state));
       else if (item.role === "hypervisor") body.push(hypervisorControls(state));
       body.push(state.dom.message, state.dom.error);
       pane.replaceChildren(...body);
@@ -68,6 +86,7 @@ export function setupEntityView(session, roster) {
     const pr = roster.presence(item);
     state.dom.title.textContent = item.fullName || item.name || item.jid;
     state.dom.state.textContent = pr.online ? pr.status || "Online" : "Offline";
+    state.dom.info.textContent = state.info || "";
     state.dom.message.textContent = state.message || "";
     state.dom.error.textContent = state.error || "";
     for (const [button, action] of state.dom.buttons) {
@@ -101,6 +120,9 @@ export function setupEntityView(session, roster) {
   roster.addEventListener("change", () => {
     if (!current) return;
     if (current.heldFailed && roster.presence(current.item).online) fetchHeld(current);
+    else if (current.info && roster.presence(current.item).status !== current.infoStatus && may(current, "info")) {
+      fetchInfo(current);
+    }
     render();
   });
   return {
