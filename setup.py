@@ -28,7 +28,9 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7.4", "pytest-asyncio>=0.23", "pytest-timeout>=2.2",
-                 "fusepy>=3.0"],  # tests/integration/hangfs.py (a FUSE mount the tests freeze)
+                 "fusepy>=3.0",  # tests/integration/hangfs.py (a FUSE mount the tests freeze)
+                 # tests/integration/test_web_*.py drive Debian's chromium (never `playwright install`)
+                 "playwright>=1.40"],
     },
     entry_points={
         "console_scripts": [

@@ -113,6 +113,8 @@ def cmd_demo(args) -> int:
             print(f"  {u['role']:<9} {u['jid']:<24} password {u['password']}", flush=True)
         print(f"  BOSH {st.bosh_url}   WebSocket {st.ws_url}   CA {st.ca_file}", flush=True)
         print(f"  metrics http://127.0.0.1:{st.metrics_port}/metrics (Prometheus)", flush=True)
+        print(f"  Web client {st.web_url}  ({st.domain} must resolve to 127.0.0.1: /etc/hosts, or "
+              f"chromium --host-resolver-rules='MAP {st.domain} 127.0.0.1')", flush=True)
         cmd = [sys.executable, "-m", "archipelagent", "--config", str(conf)]
         print(f"rig demo: running {' '.join(cmd)} (Ctrl-C stops agent and stack)", flush=True)
         agent = subprocess.Popen(cmd, cwd=REPO, start_new_session=True)

@@ -30,6 +30,9 @@ from .util import (RigError, check_traversable, ensure_ports_free, fill_template
 
 EJABBERDCTL = "/usr/sbin/ejabberdctl"
 TEMPLATE = Path(__file__).resolve().parent.parent / "ejabberd" / "ejabberd.yml.tmpl"
+# The browser client's build (scripts/bootstrap.sh); copied next to ejabberd's state
+# because user ejabberd cannot traverse a clone under /root.
+WEB_DIST = Path(__file__).resolve().parent.parent / "web" / "dist"
 # environment variables ejabberdctl would pick up from its caller
 _ENV_DROP = ("EJABBERD", "ERL_", "ERLANG", "CONTRIB_MODULES", "INET_DIST", "FIREWALL_WINDOW")
 _ENV_DROP_EXACT = {"CONFIG_DIR", "LOGS_DIR", "SPOOL_DIR", "VMARGS", "EJABBERDCTL_CONFIG_PATH", "SCRIPT"}
@@ -136,6 +139,7 @@ class Ejabberd:
         for d in (self.etc, self.spool, self.logs, self.run_dir, self.etc / "modules.d"):
             d.mkdir(parents=True, exist_ok=True)
         pem = self.cert_pem_source(self.etc / "server.pem")
+        self._copy_web()
         yml = fill_template(TEMPLATE.read_text(), {
             "LOGLEVEL": self.loglevel,
             "DOMAIN": self.domain,
@@ -148,6 +152,7 @@ class Ejabberd:
             "C2S_PORT": self.c2s_port,
             "HTTP_PORT": self.http_port,
             "ADMIN_JID": self.admin_jid,
+            "WEB_ROOT": self.web_root,
         }, str(TEMPLATE))
         write_text(self.etc / "ejabberd.yml", yml, 0o640)
         write_text(self.etc / "ejabberdctl.cfg", f"""\
@@ -183,6 +188,23 @@ CONTRIB_MODULES_PATH={self.spool / 'contrib'}
             os.chown(path, 0, 0)
         os.chmod(self.dir, 0o755)
         os.chmod(self.etc, 0o750)  # the server key and the LDAP password: ejabberd's only
+
+    @property
+    def web_root(self) -> Path:
+        return self.dir / "web"
+
+    def _copy_web(self) -> None:
+        """The browser client served at /web/ (mod_http_fileserver): a copy of
+        web/dist taken at each start, or a page saying how to build it."""
+        shutil.rmtree(self.web_root, ignore_errors=True)
+        if (WEB_DIST / "index.html").is_file():
+            shutil.copytree(WEB_DIST, self.web_root)
+        else:
+            self.web_root.mkdir(parents=True)
+            write_text(self.web_root / "index.html", "<!doctype html><title>Archipel</title>"
+                       "<p>The web client is not built: run scripts/bootstrap.sh (npm ci + build in web/).</p>\n")
+        for path in [self.web_root, *self.web_root.rglob("*")]:
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
 
     # ----------------------------------------------------------------- start
     def start(self, fresh: bool = False) -> float:

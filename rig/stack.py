@@ -109,6 +109,15 @@ class Stack:
         return f"http://127.0.0.1:{self.http_port}/api"
 
     @property
+    def web_url(self) -> str:
+        """The browser client, served by ejabberd on the BOSH/WebSocket listener (same origin).
+
+        By the XMPP domain's name: ejabberd 23.01's mod_http_fileserver serves only
+        a Host naming a served domain; the browser must resolve it to 127.0.0.1
+        (/etc/hosts, or chromium's ``--host-resolver-rules``)."""
+        return f"http://{self.domain}:{self.http_port}/web/"
+
+    @property
     def ca_file(self) -> Path:
         return self.certs.ca_file
 
@@ -386,6 +395,7 @@ class Stack:
             "bosh_url": self.bosh_url,
             "ws_url": self.ws_url,
             "api_url": self.api_url,
+            "web_url": self.web_url,
             "hypervisor_jid": self.hypervisor_jid,
             "ca_file": str(self.ca_file),
             "libvirt_uri": self.libvirt_uri,

@@ -8,6 +8,9 @@
 #  * creates the libvirt-qemu system user/group libvirtd insists on.
 #  * Python: virtualenv .venv in the repo + `pip install -e '.[test]'`, skipped
 #    when .venv/.bootstrap-setup.sha256 records the current sha256 of setup.py.
+#  * web client: `npm ci` + `npm run build` in web/ (output web/dist/), skipped
+#    when web/.build-stamp records the sha256 of the lock file and sources;
+#    Debian's nodejs + npm are installed only when `node` is missing.
 #
 # Safe to run any number of times.  Needs root only when something is missing.
 # Environment: PYTHON (interpreter used to create .venv, default python3).
@@ -29,7 +32,8 @@ elapsed() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'
 PACKAGES=(ejabberd slapd ldap-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-config-nwfilter libvirt-clients
           qemu-system-x86 qemu-utils libvirt-dev pkg-config iptables dnsmasq-base openssl curl
           fuse libfuse2  # tests/integration/hangfs.py: a FUSE mount the hung-storage test freezes
-          pacemaker-cli-utils corosync crmsh drbd-utils)  # HA kit's offline validators (never started)
+          pacemaker-cli-utils corosync crmsh drbd-utils  # HA kit's offline validators (never started)
+          chromium fonts-dejavu-core)  # tests/integration/test_web_*.py (Playwright drives Debian's chromium)
 
 is_installed() {
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" = "installed" ]
@@ -50,6 +54,7 @@ elif [[ "$(readlink -f "$pybin")" == /usr/bin/* ]]; then
     is_installed python3-dev || missing+=(python3-dev)
 fi
 command -v cc >/dev/null 2>&1 || is_installed gcc || missing+=(gcc)
+{ command -v node && command -v npm; } >/dev/null 2>&1 || missing+=(nodejs npm)  # the web client's build (web/)
 
 if [ ${#missing[@]} -gt 0 ]; then
     [ "$(id -u)" = 0 ] || die "missing packages (${missing[*]}) and not root: run as root"
@@ -107,6 +112,21 @@ else
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]'
     echo "$want" > "$STAMP"
     say "venv: installed in $(elapsed "$tp") s"
+fi
+
+# ------------------------------------------------------------ web client build
+# The lock file and every source of the bundle: unchanged -> nothing to do.
+web_want=$( (cd web && sha256sum package.json package-lock.json build.mjs index.html app.css \
+             $(find src -type f | LC_ALL=C sort)) | sha256sum | cut -d' ' -f1)
+web_have=$(cat web/.build-stamp 2>/dev/null || true)
+if [ "$web_want" = "$web_have" ] && [ -f web/dist/index.html ]; then
+    say "web: up to date (${web_want:0:12})"
+else
+    say "web: npm ci + build"
+    tw=$(date +%s.%N)
+    (cd web && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build)
+    echo "$web_want" > web/.build-stamp
+    say "web: built web/dist in $(elapsed "$tw") s"
 fi
 
 say "ready in $(elapsed "$t0") s"

@@ -24,6 +24,7 @@ from ..errors import InvalidArgument, MissingArgument, PermissionDenied
 from .roles_node import publish_roles
 from .store import GROUP, ROLE_GROUP, ROLE_USER, USER
 from ..jids import bare_jid_arg
+from ..values import parse_yes
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,10 @@ OWN_TARGET_ARGS = (
     Arg("permission_target", parse=bare_jid_arg, required=False, help="your own bare JID (default: you)"),
     TYPE_ARG,
 )
+GETOWN_ARGS = (*OWN_TARGET_ARGS,
+               Arg("effective", parse=parse_yes, required=False, default=False,
+                   help="yes: every permission you hold here, through groups, roles and admin rights too "
+                        "(what a client may enable); only with permission_type=user"))
 LIST_ARGS = (Arg("permission_type", parse=_target_type, required=False, default=None,
                  help="empty: the permissions that exist; user, group or role: who holds what here"),)
 
@@ -154,16 +159,21 @@ async def get_permissions(ctx, permission_target, permission_type):
 
 
 @commands.command(
-    NS, "getown", permission="permission_getown", args=OWN_TARGET_ARGS, chat=("my permissions",),
-    help="your own explicit grants, or with permission_type=role your own roles (the target must be you; "
-         "held by default by those who see the entity)",
+    NS, "getown", permission="permission_getown", args=GETOWN_ARGS, chat=("my permissions",),
+    help="your own explicit grants, or with permission_type=role your own roles, or with effective=yes "
+         "every permission you hold (the target must be you; held by default by those who see the entity)",
 )
-async def get_own_permissions(ctx, permission_target, permission_type):
+async def get_own_permissions(ctx, permission_target, permission_type, effective=False):
     permission_target = permission_target or ctx.sender_bare
     if permission_target != ctx.sender_bare:
         raise PermissionDenied("getown", "you may only read your own permissions")
     if permission_type == "group":
         raise PermissionDenied("getown", "getown reads your own grants, not a group's")
+    if effective:
+        if permission_type != "user":
+            raise InvalidArgument("effective", "only with permission_type=user")
+        held = await ctx.agent.permissions.effective(ctx.entity.jid, ctx.entity.kind, ctx.sender_bare)
+        return [element("permission", {"name": name}) for name in sorted(held)]
     target_type = ROLE_USER if permission_type == "role" else USER
     grants = await ctx.agent.permissions.explicit(ctx.entity.jid, permission_target, target_type)
     return _grants_payload(grants, permission_type)

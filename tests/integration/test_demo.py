@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -177,6 +178,16 @@ async def test_readme_first_steps_work_in_the_demo(demo, summary):
         assert "nodeinfo" in await admin.chat(summary["hypervisor_jid"], "help")
     finally:
         await admin.close()
+
+
+def test_demo_serves_the_web_client_and_prints_its_url(demo, summary):
+    stack = demo.stack
+    assert summary["web_url"] == f"http://{stack.domain}:{stack.http_port}/web/"
+    assert f"Web client {summary['web_url']}" in demo.output()
+    req = urllib.request.Request(f"http://127.0.0.1:{stack.http_port}/web/",
+                                 headers={"Host": f"{stack.domain}:{stack.http_port}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert b'src="app.js"' in r.read()
 
 
 def test_sigterm_stops_everything_the_demo_started(demo):
