@@ -21,6 +21,7 @@ from pathlib import Path
 from . import slapd as _slapd
 from .certs import CertAuthority
 from .ejabberd import Ejabberd
+from .hypervisors import Hypervisors
 from .libvirtd import Libvirtd, kvm_usable
 from .util import RigError, ensure_ports_free, listening_addresses, log
 
@@ -85,6 +86,7 @@ class Stack:
             admin_jid=self.admin_user["jid"], cert_pem_source=self.certs.server_pem)
         index = list(PROFILES).index(profile)  # demo 0, test 1, devN N+1
         self.libvirtd = Libvirtd(self.state_dir / "libvirt", display_ports=(5900 + 200 * index, 6099 + 200 * index))
+        self.hypervisors = Hypervisors(self.state_dir, profile, subnet=index)  # extra, namespaced: start_hypervisors()
         self._domain_type: str | None = None
 
     # ------------------------------------------------------------ properties
@@ -223,7 +225,7 @@ class Stack:
             return inner
 
         threads = [threading.Thread(target=guard(f)) for f in
-                   (self.libvirtd.stop, self.ejabberd.stop, self.slapd.stop)]
+                   (self.libvirtd.stop, self.hypervisors.stop, self.ejabberd.stop, self.slapd.stop)]
         for t in threads:
             t.start()
         for t in threads:
@@ -258,6 +260,15 @@ class Stack:
         kept and re-attached, as after a real libvirtd restart."""
         self._prepare()
         return self.libvirtd.start(fresh=fresh)
+
+    def start_hypervisors(self, count: int) -> list:
+        """Start ``count`` extra hypervisors (rig/hypervisors.py: a libvirtd per network and
+        mount namespace, shared storage at ``hypervisors.shared_path``); stopped by stop()."""
+        self._prepare()
+        t0 = time.monotonic()
+        members = self.hypervisors.start(count)
+        self.timings["hypervisors"] = time.monotonic() - t0
+        return members
 
     def stop_libvirtd(self, destroy_domains: bool = True) -> None:
         self.libvirtd.stop(destroy_domains=destroy_domains)
