@@ -146,6 +146,8 @@ class AgentConfig:
     logging: LoggingConfig
     parser: configparser.ConfigParser = field(repr=False, compare=False)
     ldap: LdapConfig | None = None
+    # Where another hypervisor's libvirtd sends a VM (p2p live migration); "" = libvirt_uri.
+    migration_uri: str = ""
 
 
 def is_loopback(host: str) -> bool:
@@ -332,6 +334,10 @@ def load_config(path: str | os.PathLike) -> AgentConfig:
     if ":" not in libvirt_uri:
         raise read.error("GLOBAL", "libvirt_uri",
                          f"expected a libvirt URI such as qemu:///system, found {libvirt_uri!r}")
+    migration_uri = read.raw("GLOBAL", "migration_uri", optional=True)
+    if migration_uri and not re.match(r"^[a-z0-9+]+://[^/\s]+/system$", migration_uri):
+        raise read.error("GLOBAL", "migration_uri",
+                         f"expected a remote libvirt URI such as qemu+tls://10.0.0.5/system, found {migration_uri!r}")
 
     return AgentConfig(
         path=path,
@@ -341,6 +347,7 @@ def load_config(path: str | os.PathLike) -> AgentConfig:
         root_admins=root_admins,
         machine_ip=machine_ip,
         libvirt_uri=libvirt_uri,
+        migration_uri=migration_uri,
         xmpp=_xmpp_section(read),
         hypervisor=_hypervisor_section(read, domain_text),
         vm=VMConfig(

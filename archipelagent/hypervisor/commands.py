@@ -106,7 +106,8 @@ async def ip(ctx):
 )
 async def migrationinfo(ctx):
     cfg = ctx.agent.config
-    return element("migration", {"libvirt_uri": cfg.libvirt_uri, "base_folder": str(cfg.vm.base_path)})
+    return element("migration", {"libvirt_uri": cfg.migration_uri or cfg.libvirt_uri,
+                                 "base_folder": str(cfg.vm.base_path)})
 
 
 def _render_roster(payload) -> str:
