@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import time
+import uuid
 
 import libvirt
 import pytest
@@ -80,3 +82,71 @@ async def test_two_hypervisor_entities_online(stack, hv_agents, hv_admin):
         info = await hv_admin.acp(a.full_jid, HV_NS, "migrationinfo")
         hosts.add(info[0].get("libvirt_uri"))
     assert len(hosts) == 2
+
+
+FIRMWARE_VM = """<domain type='{type}'>
+  <name>{name}</name>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
+  <features><acpi/></features>
+  <clock offset='utc'/>
+  <on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2' cache='none'/>
+      <source file='{disk}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <serial type='pty'><target port='0'/></serial>
+    <memballoon model='none'/>
+  </devices>
+</domain>"""
+
+
+def _state(uri: str, name: str):
+    conn = libvirt.open(uri)
+    try:
+        dom = conn.lookupByName(name)
+        return dom.state()[0], bool(dom.isPersistent())
+    except libvirt.libvirtError:
+        return None
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("running", [True, False], ids=["live", "shut-off"])
+def test_p2p_migration_between_namespaced_hypervisors(stack, hypervisors, running):
+    """The flags of the agent's policy (hypervisor/migration.py) move a VM whose disk is on the
+    shared storage from hv-1 to hv-2, peer to peer over the namespaces' network: live for a
+    running VM, definition only for a shut-off one."""
+    from archipelagent.hypervisor.migration import migration_flags
+
+    a, b = hypervisors
+    name = f"mig-{'live' if running else 'off'}-{uuid.uuid4().hex[:6]}"
+    disk = stack.hypervisors.shared_path / f"{name}.qcow2"
+    subprocess.run([*a.nsenter(), "qemu-img", "create", "-q", "-f", "qcow2", str(disk), "16M"], check=True)
+    conn = libvirt.open(a.libvirt_uri)
+    try:
+        dom = conn.defineXML(FIRMWARE_VM.format(type=stack.domain_type, name=name, disk=disk))
+        if running:
+            dom.create()
+        t0 = time.monotonic()
+        # the rig's shared folder is a bind mount libvirt cannot know is shared: unsafe
+        dom.migrateToURI3(b.migration_uri, {}, migration_flags(running, unsafe=True))
+        elapsed = time.monotonic() - t0
+    finally:
+        conn.close()
+    print(f"migration {'live' if running else 'offline'} hv-1 -> hv-2: {elapsed:.2f}s")
+    assert _state(a.libvirt_uri, name) is None  # undefined on the source
+    expected = libvirt.VIR_DOMAIN_RUNNING if running else libvirt.VIR_DOMAIN_SHUTOFF
+    assert _state(b.libvirt_uri, name) == (expected, True)
+    conn = libvirt.open(b.libvirt_uri)
+    try:
+        dom = conn.lookupByName(name)
+        if running:
+            dom.destroy()
+        dom.undefine()
+    finally:
+        conn.close()
