@@ -88,6 +88,9 @@ class HypervisorConfig:
     audit_database_path: Path | None = None
     audit_max_rows: int = 100_000
     audit_max_days: int = 90
+    # The shared roster group (ejabberd mod_shared_roster, set by its admin) of the hypervisors
+    # that know each other: peers for migration (hypervisor/peers.py).
+    peers_group: str = "archipel-hypervisors"
 
 
 @dataclass(frozen=True)
@@ -448,6 +451,7 @@ def _hypervisor_section(read: _Reader, domain: str) -> HypervisorConfig:
         database_path=read.path_value(section, "hypervisor_database_path"),
         permissions_database_path=read.path_value(section,
                                                   "hypervisor_permissions_database_path"),
+        peers_group=read.raw(section, "hypervisor_peers_group", optional=True) or "archipel-hypervisors",
         **_audit_keys(read, section),
     )
 

@@ -267,8 +267,25 @@ class Stack:
         self._prepare()
         t0 = time.monotonic()
         members = self.hypervisors.start(count)
+        self.set_peers_group([f"{hv.name}@{self.domain}" for hv in members])
         self.timings["hypervisors"] = time.monotonic() - t0
         return members
+
+    PEERS_GROUP = "archipel-hypervisors"  # the agents' default [HYPERVISOR] hypervisor_peers_group
+
+    def set_peers_group(self, jids: list[str], group: str = PEERS_GROUP) -> None:
+        """The shared roster group (mod_shared_roster) of hypervisors that know each other:
+        created if needed, then exactly ``jids`` as members -- what a site's ejabberd admin does."""
+        if group not in (self.ejabberd_api("srg_list", host=self.domain) or []):
+            self.ejabberd_api("srg_create", group=group, host=self.domain, label=group,
+                              description="Archipel hypervisors (peers for migration)", display=group)
+        current = set(self.ejabberd_api("srg_get_members", group=group, host=self.domain) or [])
+        for jid in current - set(jids):
+            user, host = jid.split("@", 1)
+            self.ejabberd_api("srg_user_del", user=user, host=host, group=group, grouphost=self.domain)
+        for jid in set(jids) - current:
+            user, host = jid.split("@", 1)
+            self.ejabberd_api("srg_user_add", user=user, host=host, group=group, grouphost=self.domain)
 
     def stop_libvirtd(self, destroy_domains: bool = True) -> None:
         self.libvirtd.stop(destroy_domains=destroy_domains)

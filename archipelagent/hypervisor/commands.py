@@ -15,6 +15,7 @@ from ..commands.payload import local_name
 from ..errors import MissingArgument, NotFound, Unavailable
 from ..permissions import Permission
 from .address import machine_address
+from .peers import peers as current_peers
 
 NS = "archipel:hypervisor:control"
 
@@ -108,6 +109,28 @@ async def migrationinfo(ctx):
     cfg = ctx.agent.config
     return element("migration", {"libvirt_uri": cfg.migration_uri or cfg.libvirt_uri,
                                  "base_folder": str(cfg.vm.base_path)})
+
+
+def _render_peers(payload) -> str:
+    if not payload:
+        return "No peer hypervisors."
+    return "\n".join(f"{el.get('jid')}: {el.get('state')}" for el in payload)
+
+
+@commands.command(NS, "peers", kinds=("hypervisor",), chat=("peers", "hypervisors"),
+                  help="the other hypervisors of the peers group and whether they are online",
+                  chat_render=_render_peers)
+async def peers(ctx):
+    """Members of the shared roster group ``hypervisor_peers_group`` (hypervisor/peers.py):
+    ``state`` is ``online``, ``dnd`` (its libvirt or storage is down) or ``gone``."""
+    items = []
+    for peer in current_peers(ctx.entity):
+        state = "gone" if not peer.online else ("online" if peer.show in ("", "chat") else peer.show)
+        attrs = {"jid": peer.jid, "state": state, "status": peer.status}
+        if peer.online:
+            attrs["resource"] = peer.resources[0]
+        items.append(element("hypervisor", attrs))
+    return items
 
 
 def _render_roster(payload) -> str:

@@ -13,6 +13,7 @@ import pytest_asyncio
 
 from agent_fixtures import admin_client
 from hypervisor_fixtures import hypervisor_agent
+from xmpp_client import AcpError
 
 HV_NS = "archipel:hypervisor:control"
 
@@ -150,3 +151,37 @@ def test_p2p_migration_between_namespaced_hypervisors(stack, hypervisors, runnin
         dom.undefine()
     finally:
         conn.close()
+
+
+async def _peer_states(client, agent) -> dict[str, str]:
+    query = await client.acp(agent.full_jid, HV_NS, "peers")
+    return {el.get("jid"): el.get("state") for el in query}
+
+
+async def _wait_peer_state(client, agent, peer_jid: str, state: str, timeout: float = 20) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        states = await _peer_states(client, agent)
+        if states.get(peer_jid) == state:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{agent.jid} sees {states}, expected {peer_jid} {state}")
+        await asyncio.sleep(0.3)
+
+
+async def test_hypervisors_know_each_other_through_the_shared_roster_group(stack, hv_agents, hv_admin, new_user):
+    """Each agent sees the other through ejabberd's shared roster group; one that stops is gone
+    and comes back when it restarts; a stranger may not ask."""
+    a, b = hv_agents
+    await _wait_peer_state(hv_admin, a, b.jid, "online")
+    await _wait_peer_state(hv_admin, b, a.jid, "online")
+    assert a.jid not in await _peer_states(hv_admin, a)  # not itself
+    stranger = await new_user("peers")
+    with pytest.raises(AcpError) as refused:
+        await stranger.acp(a.full_jid, HV_NS, "peers")
+    assert refused.value.is_permission_error
+    b.process.stop()
+    await _wait_peer_state(hv_admin, a, b.jid, "gone")
+    b.process.start()
+    await b.wait_ready(hv_admin)
+    await _wait_peer_state(hv_admin, a, b.jid, "online")
