@@ -20,6 +20,7 @@ from .commands.dispatch import InFlight
 from .config import AgentConfig
 from .fsio import StorageIO
 from .modules import FeatureModule, load_modules
+from .hypervisor.migrations import Migrations
 from .hypervisor.commands import EXTRA_PERMISSIONS as vm_target_permissions, commands as hypervisor_commands
 from .hypervisor.entity import HypervisorEntity
 from .hypervisor.vms import VMManager
@@ -85,6 +86,7 @@ class Agent:
         self.disk_guard = DiskGuard.from_config(config, self.fs)  # disk formats recorded, chains confined (storage/images.py)
         self.hypervisor: HypervisorEntity | None = None
         self.vms = VMManager(self)
+        self.migrations = Migrations(self)  # live migration, source and destination (hypervisor/migrations.py)
         self.quotas = QuotaCenter(self)  # every quota check and the per-owner locks (quotas.py)
         self.storage_settings = StorageSettings.from_config(config)  # ConfigError on a bad [STORAGE] key
         self.storage_health: StorageHealth | None = None  # see storage/health.py
@@ -117,6 +119,7 @@ class Agent:
             max_rows=hv_cfg.audit_max_rows, max_days=hv_cfg.audit_max_days)
         self.libvirt.add_state_listener(self._on_libvirt_state)
         self.libvirt.add_lifecycle_listener(self.vms.on_lifecycle)
+        self.libvirt.add_lifecycle_listener(self.migrations.on_lifecycle)
         await self.vms.open()
         self.storage_health = StorageHealth(self, self.config.vm.base_path, self.storage_settings)
         self.libvirt.add_lifecycle_listener(self.storage_health.on_lifecycle)

@@ -34,6 +34,7 @@ EXTRA_PERMISSIONS = (
     ("vm", Permission("clone", "Clone this VM through the hypervisor (read its disks)")),
     ("vm", Permission("unmanage", "Release this VM from the agent through the hypervisor (domain and files stay)")),
     ("vm", Permission("setorginfo", "Rename this VM and set its vCard fields through the hypervisor")),
+    ("hypervisor", Permission("migrate", "Migrate VMs to this hypervisor (checked by migrationprepare)")),
 )
 
 
@@ -109,6 +110,18 @@ async def migrationinfo(ctx):
     cfg = ctx.agent.config
     return element("migration", {"libvirt_uri": cfg.migration_uri or cfg.libvirt_uri,
                                  "base_folder": str(cfg.vm.base_path)})
+
+
+@commands.command(
+    NS, "migrationprepare", kinds=("hypervisor",), permission=None, adhoc=False,
+    args=(Arg("requester", help="the user who asked the migration"), Arg("uuid", help="the VM's UUID")),
+    help="a peer hypervisor announces a VM it will migrate here (no permission of the sender: it must be a peer, the requester must hold migrate here)",
+)
+async def migrationprepare(ctx, requester, uuid):
+    """Served only to peers (hypervisor/peers.py), for a requester holding ``migrate`` here;
+    answers like migrationinfo and expects the VM (hypervisor/migrations.py)."""
+    await ctx.agent.migrations.prepare_incoming(ctx.entity, ctx.sender, requester, uuid)
+    return await migrationinfo(ctx)
 
 
 def _render_peers(payload) -> str:

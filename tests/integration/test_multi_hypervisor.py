@@ -11,8 +11,9 @@ import libvirt
 import pytest
 import pytest_asyncio
 
-from agent_fixtures import admin_client
+from agent_fixtures import admin_client, grant
 from hypervisor_fixtures import hypervisor_agent
+from vm_helpers import CONTROL, alloc, wait_libvirt_state, wait_vm_ready
 from xmpp_client import AcpError
 
 HV_NS = "archipel:hypervisor:control"
@@ -185,3 +186,73 @@ async def test_hypervisors_know_each_other_through_the_shared_roster_group(stack
     b.process.start()
     await b.wait_ready(hv_admin)
     await _wait_peer_state(hv_admin, a, b.jid, "online")
+
+
+async def test_live_migration_moves_the_vm_and_its_entity(stack, hypervisors, hv_agents, hv_admin, new_user):
+    """migrate: needs migrate on the VM and on the destination; the running VM moves to hv-2
+    (libvirt on both sides), commands answer -43 meanwhile, and the entity comes back online
+    from hv-2 with the same JID, its owner's rights and no password anywhere it should not be."""
+    a, b = hv_agents
+    hv_a, hv_b = hypervisors
+    await _wait_peer_state(hv_admin, a, b.jid, "online")
+    owner = await new_user("migowner")
+    stranger = await new_user("migstranger")
+    owner_jid = owner.xmpp.boundjid.bare
+    await grant(hv_admin, a.full_jid, owner_jid, "alloc")
+    vm_jid = await alloc(owner, a.full_jid, f"mig-{uuid.uuid4().hex[:6]}")
+    vm_uuid = vm_jid.split("@")[0]
+    on_a, on_b = f"{vm_jid}/{hv_a.name}", f"{vm_jid}/{hv_b.name}"
+    await wait_vm_ready(owner, on_a)
+    await owner.see(vm_jid)
+    await owner.acp(on_a, CONTROL, "create")
+    await wait_libvirt_state(hv_a, vm_uuid, libvirt.VIR_DOMAIN_RUNNING)
+
+    # refused: a stranger (no migrate on the VM); the owner before holding migrate on hv-2;
+    # a destination that is no peer
+    with pytest.raises(AcpError) as refused:
+        await stranger.acp(on_a, CONTROL, "migrate", {"hypervisorjid": b.full_jid})
+    assert refused.value.is_permission_error
+    with pytest.raises(AcpError) as refused:
+        await owner.acp(on_a, CONTROL, "migrate", {"hypervisorjid": b.full_jid})
+    assert refused.value.is_permission_error, refused.value
+    with pytest.raises(AcpError) as refused:
+        await owner.acp(on_a, CONTROL, "migrate", {"hypervisorjid": f"{owner_jid}/tests"})
+    assert refused.value.code == -46
+    assert await asyncio.to_thread(_state_by_uuid, hv_a.libvirt_uri, vm_uuid) == libvirt.VIR_DOMAIN_RUNNING
+
+    await grant(hv_admin, b.full_jid, owner_jid, "migrate")
+    t0 = time.monotonic()
+    await owner.acp(on_a, CONTROL, "migrate", {"hypervisorjid": b.full_jid})
+    with pytest.raises(AcpError) as busy:  # the migration lasts seconds; the reply came after the flag
+        await owner.acp(on_a, CONTROL, "suspend")
+    assert busy.value.code == -43
+    arrived = await owner.wait_presence(
+        lambda p: str(p["from"]) == on_b and p["type"] != "unavailable", timeout=60)
+    elapsed = time.monotonic() - t0
+    print(f"migrate command to presence from the destination: {elapsed:.2f}s")
+    assert arrived["from"].bare == vm_jid  # the same JID
+    await wait_libvirt_state(hv_b, vm_uuid, libvirt.VIR_DOMAIN_RUNNING)
+    await wait_libvirt_state(hv_a, vm_uuid, None)
+    # the owner still controls it, now through hv-2; hv-1 forgot it
+    await wait_vm_ready(owner, on_b)
+    info = await owner.acp(on_b, CONTROL, "info")
+    assert info[0].get("state") is not None
+    roster_a = await hv_admin.acp(a.full_jid, HV_NS, "rostervm")
+    assert vm_jid not in [el.text.split("/")[0] for el in roster_a]
+    roster_b = await hv_admin.acp(b.full_jid, HV_NS, "rostervm")
+    assert f"{vm_jid}/{hv_b.name}" in [el.text for el in roster_b]
+    with pytest.raises(AcpError):
+        await stranger.acp(on_b, CONTROL, "info")  # rights followed: still a stranger there
+    # the hand-over file is gone; the password is in no agent log
+    assert not (stack.hypervisors.shared_backing / vm_uuid / ".archipel-handover.json").exists()
+    await owner.acp(on_b, CONTROL, "destroy")
+
+
+def _state_by_uuid(uri: str, vm_uuid: str):
+    conn = libvirt.open(uri)
+    try:
+        return conn.lookupByUUIDString(vm_uuid).state()[0]
+    except libvirt.libvirtError:
+        return None
+    finally:
+        conn.close()
