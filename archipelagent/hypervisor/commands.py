@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ET
 
 from ..commands import Arg, CommandSet, element
 from ..commands.payload import local_name
-from ..errors import MissingArgument, NotFound, Unavailable
+from ..errors import Migrating, MissingArgument, NotFound, Unavailable
 from ..permissions import Permission
 from .address import machine_address
 from .peers import peers as current_peers
@@ -60,6 +60,9 @@ async def vm_targets(ctx, refs: list[str]):
             entities.append(vms.get(jid))
         except NotFound:
             raise NotFound(f"no virtual machine {jid} on this hypervisor") from None
+    for entity in entities:
+        if entity.migrating:
+            raise Migrating(f"{entity.jid} is migrating")
     return entities
 
 

@@ -96,9 +96,6 @@ class Migrations:
         agent = self.agent
         if "/" not in destination:
             raise InvalidArgument("hypervisorjid", "must be the destination's full JID (with its resource)")
-        if not is_peer(agent.hypervisor, destination):
-            raise InvalidArgument("hypervisorjid", f"{destination} is not an online peer hypervisor "
-                                                   f"(group {agent.config.hypervisor.peers_group})")
         dom = await entity.domain()
         xml = await agent.libvirt.call(dom.XMLDesc, 0)
         reason = policy.refusal(agent.hypervisor.jid, destination, migrating=entity.uuid in self.outgoing,
@@ -106,6 +103,9 @@ class Migrations:
                                 base_path=str(agent.vms.base_path))
         if reason:
             raise Conflict(f"cannot migrate: {reason}")
+        if not is_peer(agent.hypervisor, destination):
+            raise InvalidArgument("hypervisorjid", f"{destination} is not an online peer hypervisor "
+                                                   f"(group {agent.config.hypervisor.peers_group})")
         self.outgoing.add(entity.uuid)
         try:
             uri = await self._prepare(destination, requester, entity.uuid)

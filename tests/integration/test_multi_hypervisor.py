@@ -226,6 +226,9 @@ async def test_live_migration_moves_the_vm_and_its_entity(stack, hypervisors, hv
     with pytest.raises(AcpError) as busy:  # the migration lasts seconds; the reply came after the flag
         await owner.acp(on_a, CONTROL, "suspend")
     assert busy.value.code == -43
+    with pytest.raises(AcpError) as busy:  # also through the hypervisor
+        await hv_admin.acp(a.full_jid, HV_NS, "free", {"jid": vm_jid})
+    assert busy.value.code == -43
     arrived = await owner.wait_presence(
         lambda p: str(p["from"]) == on_b and p["type"] != "unavailable", timeout=60)
     elapsed = time.monotonic() - t0
