@@ -246,9 +246,44 @@ async def test_live_migration_moves_the_vm_and_its_entity(stack, hypervisors, hv
     assert f"{vm_jid}/{hv_b.name}" in [el.text for el in roster_b]
     with pytest.raises(AcpError):
         await stranger.acp(on_b, CONTROL, "info")  # rights followed: still a stranger there
-    # the hand-over file is gone; the password is in no agent log
+    # the owner followed: hv-2 counts the VM in the owner's usage, hv-1 no more
+    usage_b = await owner.acp(b.full_jid, "archipel:quota", "usage")
+    assert vm_jid in [el.get("jid") for el in usage_b[0] if el.tag.endswith("vm")]
+    usage_a = await owner.acp(a.full_jid, "archipel:quota", "usage")
+    assert vm_jid not in [el.get("jid") for el in usage_a[0] if el.tag.endswith("vm")]
+    # the hand-over file is gone; the VM's password is in no agent's output
     assert not (stack.hypervisors.shared_backing / vm_uuid / ".archipel-handover.json").exists()
+    password = _vm_password(b.lib_dir / "hypervisor.sqlite3", vm_uuid)
+    assert password and _vm_password(a.lib_dir / "hypervisor.sqlite3", vm_uuid) is None
+    for agent in (a, b):
+        assert password not in (agent.lib_dir / "agent.out").read_text(errors="replace")
     await owner.acp(on_b, CONTROL, "destroy")
+
+
+async def test_shut_off_vm_moves_its_definition(stack, hypervisors, hv_agents, hv_admin):
+    """A shut-off VM moves too: its definition goes to hv-2, nothing starts, the entity follows."""
+    a, b = hv_agents
+    hv_a, hv_b = hypervisors
+    await _wait_peer_state(hv_admin, a, b.jid, "online")
+    vm_jid = await alloc(hv_admin, a.full_jid, f"migoff-{uuid.uuid4().hex[:6]}")
+    vm_uuid = vm_jid.split("@")[0]
+    await wait_vm_ready(hv_admin, f"{vm_jid}/{hv_a.name}")
+    await hv_admin.acp(f"{vm_jid}/{hv_a.name}", CONTROL, "migrate", {"hypervisorjid": b.full_jid})
+    await wait_vm_ready(hv_admin, f"{vm_jid}/{hv_b.name}")
+    await wait_libvirt_state(hv_b, vm_uuid, libvirt.VIR_DOMAIN_SHUTOFF)
+    await wait_libvirt_state(hv_a, vm_uuid, None)
+    info = await hv_admin.acp(f"{vm_jid}/{hv_b.name}", CONTROL, "info")
+    assert info[0].get("state") == str(libvirt.VIR_DOMAIN_SHUTOFF)
+
+
+def _vm_password(db, vm_uuid: str):
+    import sqlite3
+    conn = sqlite3.connect(db)
+    try:
+        row = conn.execute("SELECT password FROM vms WHERE uuid = ?", (vm_uuid,)).fetchone()
+        return row[0] if row else None
+    finally:
+        conn.close()
 
 
 def _state_by_uuid(uri: str, vm_uuid: str):
