@@ -276,6 +276,35 @@ async def test_shut_off_vm_moves_its_definition(stack, hypervisors, hv_agents, h
     assert info[0].get("state") == str(libvirt.VIR_DOMAIN_SHUTOFF)
 
 
+async def test_failed_migration_leaves_the_vm_on_the_source(stack, hypervisors, hv_agents, hv_admin):
+    """libvirt fails (the destination's libvirtd is down): the source keeps the running VM,
+    commands are served again, the hand-over file is removed, nothing is left on hv-2."""
+    a, b = hv_agents
+    hv_a, hv_b = hypervisors
+    await _wait_peer_state(hv_admin, a, b.jid, "online")
+    vm_jid = await alloc(hv_admin, a.full_jid, f"migfail-{uuid.uuid4().hex[:6]}")
+    vm_uuid = vm_jid.split("@")[0]
+    on_a = f"{vm_jid}/{hv_a.name}"
+    await wait_vm_ready(hv_admin, on_a)
+    await hv_admin.see(vm_jid)
+    await hv_admin.acp(on_a, CONTROL, "create")
+    await wait_libvirt_state(hv_a, vm_uuid, libvirt.VIR_DOMAIN_RUNNING)
+    await asyncio.to_thread(hv_b.libvirtd.stop, destroy_domains=True)
+    try:
+        hv_admin.presences = []
+        await hv_admin.acp(on_a, CONTROL, "migrate", {"hypervisorjid": b.full_jid})
+        await hv_admin.wait_presence(
+            lambda p: str(p["from"]) == on_a and p["status"] == "Running", timeout=60)
+        assert await asyncio.to_thread(_state_by_uuid, hv_a.libvirt_uri, vm_uuid) == libvirt.VIR_DOMAIN_RUNNING
+        await hv_admin.acp(on_a, CONTROL, "suspend")  # served again, not -43
+        await hv_admin.acp(on_a, CONTROL, "resume")
+        assert not (stack.hypervisors.shared_backing / vm_uuid / ".archipel-handover.json").exists()
+    finally:
+        await asyncio.to_thread(hv_b.libvirtd.start, False, netns=hv_b.netns)
+    assert await asyncio.to_thread(_state_by_uuid, hv_b.libvirt_uri, vm_uuid) is None
+    await hv_admin.acp(on_a, CONTROL, "destroy")
+
+
 def _vm_password(db, vm_uuid: str):
     import sqlite3
     conn = sqlite3.connect(db)
