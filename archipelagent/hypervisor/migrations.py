@@ -160,7 +160,7 @@ class Migrations:
             if poller:
                 poller.cancel()
             arrived.cancel()
-            await self._failed(entity, exc)
+            await self._failed(entity, dom, exc)
             return
         if poller:
             poller.cancel()
@@ -194,11 +194,11 @@ class Migrations:
             entity.set_busy(policy.status_text(policy.progress_percent(info or [])))
             await asyncio.sleep(0.5)
 
-    async def _failed(self, entity, exc) -> None:
+    async def _failed(self, entity, dom, exc) -> None:
         """The source still has the VM unless libvirt says otherwise (policy.decide_outcome)."""
         conn = self.agent.libvirt
         try:
-            state, _ = await conn.call(entity._domain_cache[1].state) if entity._domain_cache else (None, 0)
+            state, _ = await conn.call(dom.state)
         except (LibvirtFailure, Unavailable):
             state = None
         side = {libvirt.VIR_DOMAIN_RUNNING: policy.Side.RUNNING, libvirt.VIR_DOMAIN_PAUSED: policy.Side.PAUSED,
@@ -208,7 +208,7 @@ class Migrations:
         log.warning("VM %s: migration failed (%s): %s", entity.uuid, exc, outcome.reason)
         if outcome.keep is policy.Keep.SOURCE and outcome.resume:
             try:
-                await conn.call(entity._domain_cache[1].resume)
+                await conn.call(dom.resume)
             except (LibvirtFailure, Unavailable) as resume_exc:
                 log.warning("VM %s: resume after a failed migration failed: %s", entity.uuid, resume_exc)
         await self.agent.fs.call(remove_handover, self._handover_path(entity.uuid), what="hand-over removal")

@@ -574,10 +574,10 @@ class VMManager:
         async with self._lock:
             if self.entities.get(entity.uuid) is not entity:
                 return
-            del self.entities[entity.uuid]
-            await entity.stop(status="Migrated")
             await self.store.remove(entity.uuid)
             await self.agent.permissions.store.delete_entity(entity.jid)
+            del self.entities[entity.uuid]  # last: rostervm no longer listing it means all is forgotten
+            await entity.stop(status="Migrated")
         await self._push_hypervisor("migrated", entity.jid)
 
     async def adopt_migrated(self, record: VMRecord, grants: list[tuple]) -> VMEntity:

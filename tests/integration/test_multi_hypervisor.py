@@ -240,8 +240,7 @@ async def test_live_migration_moves_the_vm_and_its_entity(stack, hypervisors, hv
     await wait_vm_ready(owner, on_b)
     info = await owner.acp(on_b, CONTROL, "info")
     assert info[0].get("state") is not None
-    roster_a = await hv_admin.acp(a.full_jid, HV_NS, "rostervm")
-    assert vm_jid not in [el.text.split("/")[0] for el in roster_a]
+    await _wait_forgotten(hv_admin, a, vm_jid)
     roster_b = await hv_admin.acp(b.full_jid, HV_NS, "rostervm")
     assert f"{vm_jid}/{hv_b.name}" in [el.text for el in roster_b]
     with pytest.raises(AcpError):
@@ -303,6 +302,54 @@ async def test_failed_migration_leaves_the_vm_on_the_source(stack, hypervisors, 
         await asyncio.to_thread(hv_b.libvirtd.start, False, netns=hv_b.netns)
     assert await asyncio.to_thread(_state_by_uuid, hv_b.libvirt_uri, vm_uuid) is None
     await hv_admin.acp(on_a, CONTROL, "destroy")
+
+
+async def test_migrationprepare_is_for_peers_and_checks_the_requester(stack, hv_agents, hv_admin, new_user):
+    """Only a peer hypervisor may announce a migration, only for a requester holding migrate on
+    the destination, with a UUID that is one and not already there."""
+    import configparser
+    from agent_fixtures import client_for
+
+    a, b = hv_agents
+    await _wait_peer_state(hv_admin, b, a.jid, "online")
+    user = await new_user("prep")
+    user_jid = user.xmpp.boundjid.bare
+    fresh = str(uuid.uuid4())
+    # not a peer: even the admin (root admin of every agent) is refused
+    with pytest.raises(AcpError) as refused:
+        await hv_admin.acp(b.full_jid, HV_NS, "migrationprepare", {"requester": hv_admin.xmpp.boundjid.bare,
+                                                                   "uuid": fresh})
+    assert refused.value.is_permission_error
+    # as the peer hv-1 (its account, another resource)
+    conf = configparser.ConfigParser(interpolation=None)
+    conf.read(a.process.config_path)
+    peer = await client_for(stack, a.jid, conf["HYPERVISOR"]["hypervisor_xmpp_password"], "peer-test").connect()
+    try:
+        with pytest.raises(AcpError) as refused:  # the requester does not hold migrate on hv-2
+            await peer.acp(b.full_jid, HV_NS, "migrationprepare", {"requester": user_jid, "uuid": fresh})
+        assert refused.value.is_permission_error
+        await grant(hv_admin, b.full_jid, user_jid, "migrate")
+        with pytest.raises(AcpError) as refused:
+            await peer.acp(b.full_jid, HV_NS, "migrationprepare", {"requester": user_jid, "uuid": "nope"})
+        assert refused.value.code == -46
+        reply = await peer.acp(b.full_jid, HV_NS, "migrationprepare", {"requester": user_jid, "uuid": fresh})
+        hv_b = stack.hypervisors.members[1]
+        assert reply[0].get("libvirt_uri") == hv_b.migration_uri
+    finally:
+        await peer.close()
+
+
+async def _wait_forgotten(client, agent, vm_jid: str, timeout: float = 40) -> None:
+    """Until the source's rostervm no longer lists the VM (it waits for the VM's presence from
+    the destination first; its record and rights go before the listing does)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        roster = await client.acp(agent.full_jid, HV_NS, "rostervm")
+        if vm_jid not in [(el.text or "").split("/")[0] for el in roster]:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{agent.jid} still lists {vm_jid}")
+        await asyncio.sleep(0.2)
 
 
 def _vm_password(db, vm_uuid: str):
