@@ -221,6 +221,7 @@ async def test_live_migration_moves_the_vm_and_its_entity(stack, hypervisors, hv
     assert await asyncio.to_thread(_state_by_uuid, hv_a.libvirt_uri, vm_uuid) == libvirt.VIR_DOMAIN_RUNNING
 
     await grant(hv_admin, b.full_jid, owner_jid, "migrate")
+    owner.presences = []
     t0 = time.monotonic()
     await owner.acp(on_a, CONTROL, "migrate", {"hypervisorjid": b.full_jid})
     with pytest.raises(AcpError) as busy:  # the migration lasts seconds; the reply came after the flag
@@ -241,6 +242,11 @@ async def test_live_migration_moves_the_vm_and_its_entity(stack, hypervisors, hv
     info = await owner.acp(on_b, CONTROL, "info")
     assert info[0].get("state") is not None
     await _wait_forgotten(hv_admin, a, vm_jid)
+    # never offline for the owner: hv-2's resource was available before hv-1's went away
+    left = await owner.wait_presence(lambda p: str(p["from"]) == on_a and p["type"] == "unavailable", timeout=20)
+    assert left["status"] == "Migrated"
+    seen = [(str(p["from"]), p["type"]) for p in owner.presences]
+    assert seen.index((on_b, "available")) < seen.index((on_a, "unavailable")), seen
     roster_b = await hv_admin.acp(b.full_jid, HV_NS, "rostervm")
     assert f"{vm_jid}/{hv_b.name}" in [el.text for el in roster_b]
     with pytest.raises(AcpError):
