@@ -199,7 +199,8 @@ async def test_live_migration_moves_the_vm_and_its_entity(stack, hypervisors, hv
     stranger = await new_user("migstranger")
     owner_jid = owner.xmpp.boundjid.bare
     await grant(hv_admin, a.full_jid, owner_jid, "alloc")
-    vm_jid = await alloc(owner, a.full_jid, f"mig-{uuid.uuid4().hex[:6]}")
+    vm_name = f"mig-{uuid.uuid4().hex[:6]}"
+    vm_jid = await alloc(owner, a.full_jid, vm_name)
     vm_uuid = vm_jid.split("@")[0]
     on_a, on_b = f"{vm_jid}/{hv_a.name}", f"{vm_jid}/{hv_b.name}"
     await wait_vm_ready(owner, on_a)
@@ -245,12 +246,17 @@ async def test_live_migration_moves_the_vm_and_its_entity(stack, hypervisors, hv
     # never offline for the owner: hv-2's resource was available before hv-1's went away
     left = await owner.wait_presence(lambda p: str(p["from"]) == on_a and p["type"] == "unavailable", timeout=20)
     assert left["status"] == "Migrated"
+    migrating = [p for p in owner.presences if str(p["from"]) == on_a and p["status"].startswith("Migrating")]
+    assert migrating and migrating[0]["show"] == "dnd"  # sent before the reply: always seen
     seen = [(str(p["from"]), p["type"]) for p in owner.presences]
     assert seen.index((on_b, "available")) < seen.index((on_a, "unavailable")), seen
     roster_b = await hv_admin.acp(b.full_jid, HV_NS, "rostervm")
     assert f"{vm_jid}/{hv_b.name}" in [el.text for el in roster_b]
     with pytest.raises(AcpError):
         await stranger.acp(on_b, CONTROL, "info")  # rights followed: still a stranger there
+    # the vCard (on ejabberd, republished by hv-2's agent) still names the VM
+    vcard = await owner.xmpp.plugin["xep_0054"].get_vcard(vm_jid, timeout=10)
+    assert vcard["vcard_temp"]["FN"] == vm_name and vcard["vcard_temp"]["ROLE"] == "virtualmachine"
     # the owner followed: hv-2 counts the VM in the owner's usage, hv-1 no more
     usage_b = await owner.acp(b.full_jid, "archipel:quota", "usage")
     assert vm_jid in [el.get("jid") for el in usage_b[0] if el.tag.endswith("vm")]
