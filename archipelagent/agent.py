@@ -131,6 +131,8 @@ class Agent:
         self.hypervisor = HypervisorEntity(self, hv.jid, hv.password, name=hv.name, resource=hv.name)
         self.hypervisor.start()
         await self.vms.load()
+        if self.libvirt.connected:  # a VM that arrived by migration while this agent was away
+            await self.migrations.adopt_arrived()
 
     async def stop(self) -> None:
         """Stop in order; background tasks are cancelled *and awaited*, and the VM

@@ -249,6 +249,20 @@ class Migrations:
             if not active:  # a shut-off VM moved: only its definition comes
                 await self._adopt(uuid)
 
+    async def adopt_arrived(self) -> list[str]:
+        """At start, after the records are loaded: a persistent domain nobody manages here whose
+        folder still holds a hand-over file arrived while this agent was down (the libvirtds
+        finished the migration without it): adopt it."""
+        adopted = []
+        for domain in await self.agent.libvirt.list_domains():
+            if not domain.persistent or domain.uuid in self.agent.vms.entities:
+                continue
+            path = self._handover_path(domain.uuid)
+            if await self.agent.fs.call(os.path.lexists, path, what="hand-over lookup"):
+                await self._adopt(domain.uuid)
+                adopted.append(domain.uuid)
+        return adopted
+
     async def _adopt(self, uuid: str) -> None:
         self.incoming.pop(uuid, None)
         agent = self.agent

@@ -364,6 +364,34 @@ async def _wait_forgotten(client, agent, vm_jid: str, timeout: float = 40) -> No
         await asyncio.sleep(0.2)
 
 
+async def test_destination_agent_killed_mid_way(stack, hypervisors, hv_agents, hv_admin):
+    """The destination's agent is SIGKILLed once the migration started: the libvirtds finish it,
+    the source forgets the VM (after waiting for its presence), and the destination's agent,
+    restarted, adopts the VM from the hand-over file (or had adopted it before dying): the VM
+    runs on hv-2 only, its entity is online from hv-2, nothing is left on hv-1."""
+    a, b = hv_agents
+    hv_a, hv_b = hypervisors
+    await _wait_peer_state(hv_admin, a, b.jid, "online")
+    vm_jid = await alloc(hv_admin, a.full_jid, f"migkill-{uuid.uuid4().hex[:6]}")
+    vm_uuid = vm_jid.split("@")[0]
+    on_a, on_b = f"{vm_jid}/{hv_a.name}", f"{vm_jid}/{hv_b.name}"
+    await wait_vm_ready(hv_admin, on_a)
+    await hv_admin.acp(on_a, CONTROL, "create")
+    await wait_libvirt_state(hv_a, vm_uuid, libvirt.VIR_DOMAIN_RUNNING)
+    await hv_admin.acp(on_a, CONTROL, "migrate", {"hypervisorjid": b.full_jid})
+    b.process.kill()
+    await wait_libvirt_state(hv_b, vm_uuid, libvirt.VIR_DOMAIN_RUNNING, timeout=60)
+    await wait_libvirt_state(hv_a, vm_uuid, None)
+    await _wait_forgotten(hv_admin, a, vm_jid, timeout=60)  # after its 30 s wait
+    b.process.start()
+    await b.wait_ready(hv_admin)
+    await wait_vm_ready(hv_admin, on_b)
+    assert _vm_password(a.lib_dir / "hypervisor.sqlite3", vm_uuid) is None
+    assert _vm_password(b.lib_dir / "hypervisor.sqlite3", vm_uuid)
+    assert not (stack.hypervisors.shared_backing / vm_uuid / ".archipel-handover.json").exists()
+    await hv_admin.acp(on_b, CONTROL, "destroy")
+
+
 def _vm_password(db, vm_uuid: str):
     import sqlite3
     conn = sqlite3.connect(db)
