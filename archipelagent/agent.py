@@ -21,6 +21,7 @@ from .config import AgentConfig
 from .fsio import StorageIO
 from .metrics import Metrics, read_config as metrics_config
 from .modules import FeatureModule, load_modules
+from .hypervisor.migrations import Migrations
 from .hypervisor.commands import EXTRA_PERMISSIONS as vm_target_permissions, commands as hypervisor_commands
 from .hypervisor.entity import HypervisorEntity
 from .hypervisor.vms import VMManager
@@ -86,6 +87,7 @@ class Agent:
         self.disk_guard = DiskGuard.from_config(config, self.fs)  # disk formats recorded, chains confined (storage/images.py)
         self.hypervisor: HypervisorEntity | None = None
         self.vms = VMManager(self)
+        self.migrations = Migrations(self)  # live migration, source and destination (hypervisor/migrations.py)
         self.quotas = QuotaCenter(self)  # every quota check and the per-owner locks (quotas.py)
         self.storage_settings = StorageSettings.from_config(config)  # ConfigError on a bad [STORAGE] key
         self.storage_health: StorageHealth | None = None  # see storage/health.py
@@ -122,6 +124,7 @@ class Agent:
             max_rows=hv_cfg.audit_max_rows, max_days=hv_cfg.audit_max_days)
         self.libvirt.add_state_listener(self._on_libvirt_state)
         self.libvirt.add_lifecycle_listener(self.vms.on_lifecycle)
+        self.libvirt.add_lifecycle_listener(self.migrations.on_lifecycle)
         await self.vms.open()
         self.storage_health = StorageHealth(self, self.config.vm.base_path, self.storage_settings)
         self.libvirt.add_lifecycle_listener(self.storage_health.on_lifecycle)
@@ -133,6 +136,8 @@ class Agent:
         self.hypervisor = HypervisorEntity(self, hv.jid, hv.password, name=hv.name, resource=hv.name)
         self.hypervisor.start()
         await self.vms.load()
+        if self.libvirt.connected:  # a VM that arrived by migration while this agent was away
+            await self.migrations.adopt_arrived()
         self.metrics.start(self)
 
     async def stop(self) -> None:

@@ -88,6 +88,9 @@ class HypervisorConfig:
     audit_database_path: Path | None = None
     audit_max_rows: int = 100_000
     audit_max_days: int = 90
+    # The shared roster group (ejabberd mod_shared_roster, set by its admin) of the hypervisors
+    # that know each other: peers for migration (hypervisor/peers.py).
+    peers_group: str = "archipel-hypervisors"
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,8 @@ class AgentConfig:
     logging: LoggingConfig
     parser: configparser.ConfigParser = field(repr=False, compare=False)
     ldap: LdapConfig | None = None
+    # Where another hypervisor's libvirtd sends a VM (p2p live migration); "" = libvirt_uri.
+    migration_uri: str = ""
 
 
 def is_loopback(host: str) -> bool:
@@ -332,6 +337,10 @@ def load_config(path: str | os.PathLike) -> AgentConfig:
     if ":" not in libvirt_uri:
         raise read.error("GLOBAL", "libvirt_uri",
                          f"expected a libvirt URI such as qemu:///system, found {libvirt_uri!r}")
+    migration_uri = read.raw("GLOBAL", "migration_uri", optional=True)
+    if migration_uri and not re.match(r"^[a-z0-9+]+://[^/\s]+/system$", migration_uri):
+        raise read.error("GLOBAL", "migration_uri",
+                         f"expected a remote libvirt URI such as qemu+tls://10.0.0.5/system, found {migration_uri!r}")
 
     return AgentConfig(
         path=path,
@@ -341,6 +350,7 @@ def load_config(path: str | os.PathLike) -> AgentConfig:
         root_admins=root_admins,
         machine_ip=machine_ip,
         libvirt_uri=libvirt_uri,
+        migration_uri=migration_uri,
         xmpp=_xmpp_section(read),
         hypervisor=_hypervisor_section(read, domain_text),
         vm=VMConfig(
@@ -441,6 +451,7 @@ def _hypervisor_section(read: _Reader, domain: str) -> HypervisorConfig:
         database_path=read.path_value(section, "hypervisor_database_path"),
         permissions_database_path=read.path_value(section,
                                                   "hypervisor_permissions_database_path"),
+        peers_group=read.raw(section, "hypervisor_peers_group", optional=True) or "archipel-hypervisors",
         **_audit_keys(read, section),
     )
 

@@ -30,7 +30,15 @@ def _stack(args) -> Stack:
 def cmd_up(args) -> int:
     st = _stack(args)
     st.start(fresh=not args.keep)
-    print(json.dumps({**st.summary(), "timings": {k: round(v, 2) for k, v in st.timings.items()}}, indent=2))
+    extra = {}
+    if args.hypervisors:
+        extra["hypervisors"] = [
+            {"name": hv.name, "netns": hv.netns, "address": hv.address, "libvirt_uri": hv.libvirt_uri,
+             "migration_uri": hv.migration_uri, "libvirtd_pid": hv.pid(), "nsenter": hv.nsenter()}
+            for hv in st.start_hypervisors(args.hypervisors)]
+        extra["shared_storage"] = str(st.hypervisors.shared_path)
+    print(json.dumps({**st.summary(), **extra, "timings": {k: round(v, 2) for k, v in st.timings.items()}},
+                     indent=2))
     return 0
 
 
@@ -159,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     common(p)
     p.add_argument("--keep", action="store_true",
                    help="keep data (ejabberd spool, LDAP, libvirt definitions) instead of a fresh state")
+    p.add_argument("--hypervisors", type=int, default=0, metavar="N",
+                   help="also start N extra hypervisors: a libvirtd per network+mount namespace, "
+                        "shared storage (docs/RIG.md, 'Several hypervisors')")
     p.set_defaults(fn=cmd_up)
     p = sub.add_parser("down", help="stop the stack (destroys its running domains)")
     common(p)

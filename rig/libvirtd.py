@@ -41,12 +41,14 @@ class Libvirtd:
     name = "libvirtd"
 
     def __init__(self, directory: Path, host_uuid: str | None = None, listen_addr: str | None = None,
-                 display_ports: tuple[int, int] = (5900, 6099)):
+                 display_ports: tuple[int, int] = (5900, 6099),
+                 extra_binds: tuple[tuple[Path, Path], ...] = ()):
         """``listen_addr``: also listen on qemu+tcp://<listen_addr>/system (auth none) and use it
         as migration address -- only for a daemon in a network namespace a test created.
         ``display_ports``: the VNC/SPICE autoport range; each rig profile gets its own so
         guests of several rigs on one machine never fight for 127.0.0.1:59xx."""
         self.display_ports = display_ports
+        self.extra_binds = tuple((Path(a), Path(b)) for a, b in extra_binds)  # (source, target) in the namespace
         self.dir = Path(directory)
         self.listen_addr = listen_addr
         self.pidfile = self.dir / "libvirtd.pid"
@@ -191,6 +193,8 @@ remote_display_port_max = {self.display_ports[1]}
         self.socket.unlink(missing_ok=True)
         mounts = "; ".join(f"mount --bind {shlex.quote(str(self.dir / sub))} {target}"
                            for sub, target in BINDS.items())
+        for src, target in self.extra_binds:  # e.g. the shared storage of several hypervisors
+            mounts += f"; mkdir -p {shlex.quote(str(target))}; mount --bind {shlex.quote(str(src))} {shlex.quote(str(target))}"
         listen = "--listen " if self.listen_addr else ""
         script = (f"set -e; {mounts}; exec libvirtd {listen}-d -f /etc/libvirt/libvirtd.conf "
                   f"-p {shlex.quote(str(self.pidfile))}")

@@ -21,6 +21,7 @@ from pathlib import Path
 from . import slapd as _slapd
 from .certs import CertAuthority
 from .ejabberd import Ejabberd
+from .hypervisors import Hypervisors
 from .libvirtd import Libvirtd, kvm_usable
 from .util import RigError, ensure_ports_free, listening_addresses, log
 
@@ -85,6 +86,7 @@ class Stack:
             admin_jid=self.admin_user["jid"], cert_pem_source=self.certs.server_pem)
         index = list(PROFILES).index(profile)  # demo 0, test 1, devN N+1
         self.libvirtd = Libvirtd(self.state_dir / "libvirt", display_ports=(5900 + 200 * index, 6099 + 200 * index))
+        self.hypervisors = Hypervisors(self.state_dir, profile, subnet=index)  # extra, namespaced: start_hypervisors()
         self._domain_type: str | None = None
 
     # ------------------------------------------------------------ properties
@@ -232,7 +234,7 @@ class Stack:
             return inner
 
         threads = [threading.Thread(target=guard(f)) for f in
-                   (self.libvirtd.stop, self.ejabberd.stop, self.slapd.stop)]
+                   (self.libvirtd.stop, self.hypervisors.stop, self.ejabberd.stop, self.slapd.stop)]
         for t in threads:
             t.start()
         for t in threads:
@@ -267,6 +269,32 @@ class Stack:
         kept and re-attached, as after a real libvirtd restart."""
         self._prepare()
         return self.libvirtd.start(fresh=fresh)
+
+    def start_hypervisors(self, count: int) -> list:
+        """Start ``count`` extra hypervisors (rig/hypervisors.py: a libvirtd per network and
+        mount namespace, shared storage at ``hypervisors.shared_path``); stopped by stop()."""
+        self._prepare()
+        t0 = time.monotonic()
+        members = self.hypervisors.start(count)
+        self.set_peers_group([f"{hv.name}@{self.domain}" for hv in members])
+        self.timings["hypervisors"] = time.monotonic() - t0
+        return members
+
+    PEERS_GROUP = "archipel-hypervisors"  # the agents' default [HYPERVISOR] hypervisor_peers_group
+
+    def set_peers_group(self, jids: list[str], group: str = PEERS_GROUP) -> None:
+        """The shared roster group (mod_shared_roster) of hypervisors that know each other:
+        created if needed, then exactly ``jids`` as members -- what a site's ejabberd admin does."""
+        if group not in (self.ejabberd_api("srg_list", host=self.domain) or []):
+            self.ejabberd_api("srg_create", group=group, host=self.domain, label=group,
+                              description="Archipel hypervisors (peers for migration)", display=group)
+        current = set(self.ejabberd_api("srg_get_members", group=group, host=self.domain) or [])
+        for jid in current - set(jids):
+            user, host = jid.split("@", 1)
+            self.ejabberd_api("srg_user_del", user=user, host=host, group=group, grouphost=self.domain)
+        for jid in set(jids) - current:
+            user, host = jid.split("@", 1)
+            self.ejabberd_api("srg_user_add", user=user, host=host, group=group, grouphost=self.domain)
 
     def stop_libvirtd(self, destroy_domains: bool = True) -> None:
         self.libvirtd.stop(destroy_domains=destroy_domains)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from ..audit import record_request
+from ..errors import ArchipelError, Migrating, MissingArgument
 from ..metrics import observe_command
-from ..errors import ArchipelError, MissingArgument
 from ..jids import bare_jid  # noqa: F401 - re-exported for the transports
 from .registry import Command
 
@@ -125,6 +125,10 @@ def parse_arguments(command: Command, raw: Mapping[str, Any]) -> dict[str, Any]:
     return parsed
 
 
+# What a migrating VM still answers (Archipel's list); everything else gets -43.
+WHILE_MIGRATING = frozenset({"info", "xmldesc", "networkinfo", "capabilities"})
+
+
 async def run_command(entity: "Entity", command: Command, sender: Any, raw: Mapping[str, Any], transport: str) -> Any:
     """Check the sender's permission, parse the arguments, run the handler.
 
@@ -134,6 +138,8 @@ async def run_command(entity: "Entity", command: Command, sender: Any, raw: Mapp
     started = time.perf_counter()
     error: BaseException | None = None
     try:
+        if getattr(entity, "migrating", False) and command.action not in WHILE_MIGRATING:
+            raise Migrating(f"{entity.jid} is migrating")
         if command.permission is not None:
             await entity.agent.permissions.require(
                 entity.jid, entity.kind, bare_jid(sender_text), command.permission, action=command.action

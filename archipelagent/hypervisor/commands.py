@@ -12,9 +12,10 @@ import xml.etree.ElementTree as ET
 
 from ..commands import Arg, CommandSet, element
 from ..commands.payload import local_name
-from ..errors import MissingArgument, NotFound, Unavailable
+from ..errors import Migrating, MissingArgument, NotFound, Unavailable
 from ..permissions import Permission
 from .address import machine_address
+from .peers import peers as current_peers
 
 NS = "archipel:hypervisor:control"
 
@@ -33,6 +34,7 @@ EXTRA_PERMISSIONS = (
     ("vm", Permission("clone", "Clone this VM through the hypervisor (read its disks)")),
     ("vm", Permission("unmanage", "Release this VM from the agent through the hypervisor (domain and files stay)")),
     ("vm", Permission("setorginfo", "Rename this VM and set its vCard fields through the hypervisor")),
+    ("hypervisor", Permission("migrate", "Migrate VMs to this hypervisor (checked by migrationprepare)")),
 )
 
 
@@ -58,6 +60,9 @@ async def vm_targets(ctx, refs: list[str]):
             entities.append(vms.get(jid))
         except NotFound:
             raise NotFound(f"no virtual machine {jid} on this hypervisor") from None
+    for entity in entities:
+        if entity.migrating:
+            raise Migrating(f"{entity.jid} is migrating")
     return entities
 
 
@@ -106,7 +111,42 @@ async def ip(ctx):
 )
 async def migrationinfo(ctx):
     cfg = ctx.agent.config
-    return element("migration", {"libvirt_uri": cfg.libvirt_uri, "base_folder": str(cfg.vm.base_path)})
+    return element("migration", {"libvirt_uri": cfg.migration_uri or cfg.libvirt_uri,
+                                 "base_folder": str(cfg.vm.base_path)})
+
+
+@commands.command(
+    NS, "migrationprepare", kinds=("hypervisor",), permission=None, adhoc=False,
+    args=(Arg("requester", help="the user who asked the migration"), Arg("uuid", help="the VM's UUID")),
+    help="a peer hypervisor announces a VM it will migrate here (no permission of the sender: it must be a peer, the requester must hold migrate here)",
+)
+async def migrationprepare(ctx, requester, uuid):
+    """Served only to peers (hypervisor/peers.py), for a requester holding ``migrate`` here;
+    answers like migrationinfo and expects the VM (hypervisor/migrations.py)."""
+    await ctx.agent.migrations.prepare_incoming(ctx.entity, ctx.sender, requester, uuid)
+    return await migrationinfo(ctx)
+
+
+def _render_peers(payload) -> str:
+    if not payload:
+        return "No peer hypervisors."
+    return "\n".join(f"{el.get('jid')}: {el.get('state')}" for el in payload)
+
+
+@commands.command(NS, "peers", kinds=("hypervisor",), chat=("peers", "hypervisors"),
+                  help="the other hypervisors of the peers group and whether they are online",
+                  chat_render=_render_peers)
+async def peers(ctx):
+    """Members of the shared roster group ``hypervisor_peers_group`` (hypervisor/peers.py):
+    ``state`` is ``online``, ``dnd`` (its libvirt or storage is down) or ``gone``."""
+    items = []
+    for peer in current_peers(ctx.entity):
+        state = "gone" if not peer.online else ("online" if peer.show in ("", "chat") else peer.show)
+        attrs = {"jid": peer.jid, "state": state, "status": peer.status}
+        if peer.online:
+            attrs["resource"] = peer.resources[0]
+        items.append(element("hypervisor", attrs))
+    return items
 
 
 def _render_roster(payload) -> str:

@@ -566,6 +566,34 @@ class VMManager:
         await entity.republish_vcard()
         return entity
 
+    # ------------------------------------------------------------ migration
+    async def release_migrated(self, entity: VMEntity) -> None:
+        """The VM now lives on another hypervisor: close its stream here (the account moved
+        with it, so it is not removed), forget its record and rights (they went in the
+        hand-over file, hypervisor/migrations.py)."""
+        async with self._lock:
+            if self.entities.get(entity.uuid) is not entity:
+                return
+            await self.store.remove(entity.uuid)
+            await self.agent.permissions.store.delete_entity(entity.jid)
+            del self.entities[entity.uuid]  # last: rostervm no longer listing it means all is forgotten
+            await entity.stop(status="Migrated")
+        await self._push_hypervisor("migrated", entity.jid)
+
+    async def adopt_migrated(self, record: VMRecord, grants: list[tuple]) -> VMEntity:
+        """A VM arrived by migration: its record, its rights, its entity with our resource."""
+        async with self._lock:
+            if record.uuid in self.entities:
+                return self.entities[record.uuid]
+            await self.store.add(record)
+            for target_type, target, permission, value in grants:
+                await self.agent.permissions.store.set_grant(record.jid, target, permission, bool(value),
+                                                             target_type=target_type)
+            entity = self._new_entity(record)
+            self._start_entity(entity)
+        await self._push_hypervisor("arrived", record.jid)
+        return entity
+
     # ------------------------------------------------------------ events
     async def on_lifecycle(self, uuid: str, event: int, detail: int) -> None:
         entity = self.entities.get(uuid)

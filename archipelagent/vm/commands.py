@@ -252,6 +252,16 @@ def _grab_screenshot(conn, dom) -> bytes:
         raise
 
 
+@_vm(namespace=CONTROL, action="migrate", adhoc=False,
+     args=(Arg("hypervisorjid", help="the destination hypervisor's full JID"),),
+     help="live-migrate this VM to a peer hypervisor (also needs migrate on the destination)")
+async def migrate(ctx, hypervisorjid):
+    """Asynchronous (Archipel's shape): the reply comes once the destination accepted; the
+    presence then shows ``Migrating - N%`` and the entity comes back from the destination."""
+    await ctx.agent.migrations.start(ctx.entity, ctx.sender_bare, hypervisorjid)
+    return None
+
+
 @_vm(namespace=CONTROL, action="screenshot", args=(Arg("size", required=False, default="full", help="'thumbnail' or 'full'"),), adhoc=False, help="a PNG screenshot of the console")
 async def screenshot(ctx, size):
     dom = await ctx.entity.domain()

@@ -36,6 +36,7 @@ class VMEntity(Entity):
         self.uuid = record.uuid
         self.state: int | None = None
         self.busy_status: str | None = None  # transient presence like "Cloning..."
+        self.migrating = False  # commands answer -43 meanwhile (commands/dispatch.py)
         self.pending_subscribe: str | None = None
         self._cpu_sample: tuple[float, int] | None = None
         self._state_lock = asyncio.Lock()

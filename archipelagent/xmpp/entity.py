@@ -116,14 +116,14 @@ class Entity:
         self._stopping = False
         self._schedule_connect(0)
 
-    async def stop(self) -> None:
-        """Say goodbye and close the stream; no reconnection afterwards."""
+    async def stop(self, status: str = "Agent stopping") -> None:
+        """Say goodbye (``status``) and close the stream; no reconnection afterwards."""
         self._stopping = True
         if self._reconnect_handle:
             self._reconnect_handle.cancel()
         self.xmpp.cancel_connection_attempt()
         if self.online.is_set():
-            self.xmpp.send_presence(ptype="unavailable", pstatus="Agent stopping")
+            self.xmpp.send_presence(ptype="unavailable", pstatus=status)
             try:
                 await asyncio.wait_for(self.xmpp.disconnect(wait=1.0), 5)
             except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - best effort on the way out

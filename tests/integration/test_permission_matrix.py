@@ -46,6 +46,8 @@ DISK = "archipel:vm:disk"
 # Commands without a declared permission: their handler applies its own rule.
 NO_PERMISSION = {
     ("archipel:quota", "usage"): "anyone may read their own usage; another user's (or all) needs quota_usage",
+    ("archipel:hypervisor:control", "migrationprepare"): "served to peer hypervisors only, for a requester "
+                                                         "holding migrate there (test_multi_hypervisor.py)",
 }
 
 # Errors that mean the request never reached a working handler: never "allowed".
@@ -59,6 +61,7 @@ EXPECTED: dict[tuple[str, str], set[int]] = {
     (CONTROL, "suspend"): {-49},       # shut off
     (CONTROL, "resume"): {-49},        # not paused
     (CONTROL, "networkinfo"): {-49},   # shut off
+    (CONTROL, "migrate"): {-49},       # to its own hypervisor (test_multi_hypervisor.py migrates for real)
     (SNAP, "take"): {-49},             # no qcow2 disk to snapshot
     (SNAP, "delete"): {-47},           # no such snapshot
     (SNAP, "revert"): {-47},
@@ -117,6 +120,7 @@ ARGS = {
     (SUBS, "add"): lambda s: ({"jid": s.dummy}, []),
     (SUBS, "remove"): lambda s: ({"jid": s.dummy}, []),
     (CONTROL, "autostart"): lambda s: ({"value": "0"}, []),
+    (CONTROL, "migrate"): lambda s: ({"hypervisorjid": f"hypervisor@{s.sender.split('@')[1]}/hv-test"}, []),
     (CONTROL, "memory"): lambda s: ({"value": "131072"}, []),
     (CONTROL, "setvcpus"): lambda s: ({"value": "1"}, []),
     (DEF, "define"): lambda s: ({}, [s.domain]),

@@ -521,3 +521,14 @@ def test_shipped_config_gives_the_policy_no_network(tmp_path):
     with pytest.raises(PolicyViolation) as err:
         check_domain(xml, ctx)
     assert (err.value.element, err.value.reason) == ("devices/interface/source", "network 'default' is not allowed")
+
+
+def test_migration_uri_defaults_to_empty_and_is_read(tmp_path):
+    assert load_config(with_value(tmp_path, "GLOBAL", "migration_uri", None)).migration_uri == ""
+    uri = "qemu+tcp://10.213.3.2/system"
+    assert load_config(with_value(tmp_path, "GLOBAL", "migration_uri", uri)).migration_uri == uri
+
+
+@pytest.mark.parametrize("value", ["qemu:///system", "10.0.0.5", "qemu+tcp://h/system x"])
+def test_migration_uri_must_name_a_remote_host(tmp_path, value):
+    expect_error(with_value(tmp_path, "GLOBAL", "migration_uri", value), "GLOBAL", "migration_uri")
