@@ -14,7 +14,7 @@ from typing import Any
 from .errors import InvalidArgument
 
 __all__ = ["NAME_RE", "NameRefused", "validate_name", "UNITS", "SECTOR", "parse_bytes", "human_size",
-           "parse_yes", "SECRET_WORDS", "is_secret_name"]
+           "bounded_int", "parse_yes", "SECRET_WORDS", "is_secret_name"]
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 UNITS = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
@@ -72,6 +72,16 @@ def human_size(n: int) -> str:
             value = n / UNITS[letter]
             return f"{value:.3g}{letter}" if value != int(value) else f"{int(value)}{letter}"
     return f"{n}B"
+
+
+def bounded_int(minimum: int, maximum: int):
+    """A parser of whole numbers from ``minimum`` to ``maximum`` (limits of listings, counts)."""
+    def parse(value: str) -> int:
+        number = int(value)
+        if not minimum <= number <= maximum:
+            raise ValueError(f"expected {minimum} to {maximum}, got {number}")
+        return number
+    return parse
 
 
 def parse_yes(value: str) -> bool:

@@ -30,6 +30,7 @@ from archipelagent.config import ConfigError
 from archipelagent.errors import Unavailable
 from archipelagent.health.proc import Sample, cpu_use, read_sample
 from archipelagent.sqlite import open_private_db
+from archipelagent.values import bounded_int
 
 log = logging.getLogger(__name__)
 
@@ -237,11 +238,7 @@ async def teardown(agent) -> None:
 commands = CommandSet()
 
 
-def _limit(value: str) -> int:
-    number = int(value)
-    if not 1 <= number <= MAX_LIMIT:
-        raise ValueError(f"expected 1 to {MAX_LIMIT}, got {number}")
-    return number
+_limit = bounded_int(1, MAX_LIMIT)
 
 
 def _version(number: int) -> dict:

@@ -5,6 +5,7 @@ from .log import QUERY_MAX_LIMIT, parse_since
 from ..commands import Arg, CommandSet, element
 from ..errors import Unavailable
 from ..jids import bare_jid_arg
+from ..values import bounded_int
 
 NS = "archipel:audit"
 CHAT_LIMIT = 3000
@@ -13,11 +14,7 @@ OUTCOMES = "ok, denied, error (any error) or error:<code>"
 commands = CommandSet()
 
 
-def _limit(value: str) -> int:
-    number = int(value)
-    if not 1 <= number <= QUERY_MAX_LIMIT:
-        raise ValueError(f"expected 1 to {QUERY_MAX_LIMIT}, got {number}")
-    return number
+_limit = bounded_int(1, QUERY_MAX_LIMIT)
 
 
 def _since(value: str) -> str:
