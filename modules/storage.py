@@ -39,7 +39,7 @@ from archipelagent.errors import ArchipelError, Conflict, InvalidArgument, NotFo
 from archipelagent.quotas import owner_of
 from archipelagent.values import NameRefused, UNITS, human_size, parse_bytes as parse_size, parse_yes as bool_yes, validate_name  # noqa: F401 - re-exported
 from archipelagent.storage.health import require_writable as health_require_writable
-from archipelagent.storage.images import FORMATS, QEMU_IMG_TIMEOUT, DiskToolError, ImageRefused, realpath, run_tool
+from archipelagent.storage.images import configured_folders, FORMATS, QEMU_IMG_TIMEOUT, DiskToolError, ImageRefused, realpath, run_tool
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +124,8 @@ def read_config(config) -> StorageConfig:
         value = (value or "").strip()
         return value or default
 
-    def folder(key: str, default: Path) -> Path:
-        value = raw(key, str(default))
-        p = Path(os.path.normpath(value))
+    def folder(key: str, p: Path) -> Path:
+        value = str(p)
         if not p.is_absolute():
             raise ConfigError(path, SECTION, key, f"expected an absolute path, found {value!r}")
         rp, rb = realpath(p), realpath(base)
@@ -137,9 +136,9 @@ def read_config(config) -> StorageConfig:
             raise ConfigError(path, SECTION, key, f"{value!r} exists and is not a directory")
         return p
 
-    iso = folder("iso_library_path", Path(os.path.normpath(base / ".." / "iso")))
-    golden = folder("golden_images_path", Path(os.path.normpath(base / ".." / "golden")))
-    qemu_img = raw("qemu_img_path", "qemu-img")
+    _, iso_path, golden_path, qemu_img = configured_folders(config)  # the keys and their defaults (images.py)
+    iso = folder("iso_library_path", iso_path)
+    golden = folder("golden_images_path", golden_path)
     found = shutil.which(qemu_img)
     if not found:
         raise ConfigError(path, SECTION, "qemu_img_path", f"{qemu_img!r} not found (install qemu-utils)")

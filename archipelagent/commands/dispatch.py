@@ -138,7 +138,7 @@ async def run_command(entity: "Entity", command: Command, sender: Any, raw: Mapp
     started = time.perf_counter()
     error: BaseException | None = None
     try:
-        if getattr(entity, "migrating", False) and command.action not in WHILE_MIGRATING:
+        if entity.migrating and command.action not in WHILE_MIGRATING:
             raise Migrating(f"{entity.jid} is migrating")
         if command.permission is not None:
             await entity.agent.permissions.require(
@@ -152,16 +152,16 @@ async def run_command(entity: "Entity", command: Command, sender: Any, raw: Mapp
         error = exc
         raise
     finally:
-        record_request(entity, sender=sender_text, transport=transport, namespace=command.namespace,
-                       action=command.action, raw=raw, command=command, error=error, started=started)
-        observe_command(entity, command.namespace, command.action, transport, error, started)
+        record_refusal(entity, sender_text, transport, command.namespace, command.action, error,
+                       raw=raw, command=command, started=started)
 
 
 def record_refusal(entity: "Entity", sender: Any, transport: str, namespace: str | None, action: str | None,
                    error: BaseException | None, *, raw: Mapping[str, Any] | None = None,
                    command: Command | None = None, started: float | None = None) -> None:
-    """Audit a request the transport answered without :func:`run_command`: refusals (malformed,
-    unknown, gated, bad arguments) and chat's own ``help``."""
+    """Account for one answered request, in the audit log and the metrics: every request
+    :func:`run_command` ran, and those a transport answered without it — refusals
+    (malformed, unknown, gated, bad arguments) and chat's own ``help``."""
     record_request(entity, sender=sender, transport=transport, namespace=namespace, action=action,
                    raw=raw, command=command, error=error, started=started)
     observe_command(entity, namespace, action, transport, error, started)

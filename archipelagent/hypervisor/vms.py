@@ -142,11 +142,15 @@ class VMManager:
         return f"{uuid}@{self.agent.config.domain}"
 
     async def checked_definition(self, xml: str, uuid: str, name: str, owner: str | None = None):
-        """The definition policy, in a worker thread: it resolves paths on the shared
-        storage, and a hung NFS mount must not stall the event loop.  ``owner``: the
-        VM's owner (None: judged as a non-admin's VM, the stricter policy)."""
+        """Every check a definition passes before libvirt sees it, in one place: the
+        definition policy (in the storage pool: it resolves paths on the shared storage,
+        and a hung NFS mount answers -48 instead of stalling anything), then the disk
+        guard (formats pinned, backing chains confined: storage/images.py).  ``owner``:
+        the VM's owner (None: judged as a non-admin's VM, the stricter policy)."""
         ctx = await self.policy_context(uuid, name, owner)
-        return await asyncio.to_thread(check_domain, xml, ctx)
+        root = await self.agent.fs.call(check_domain, xml, ctx, what="check a definition")
+        await self.agent.disk_guard.check_definition(uuid, root)
+        return root
 
     async def policy_context(self, uuid: str, name: str, owner: str | None = None) -> PolicyContext:
         """What the VM may use: config, the host's capacity (libvirt node info) and
@@ -312,7 +316,6 @@ class VMManager:
             folder = self.folder(uuid)
             if definition is not None:
                 root = await self.checked_definition(plain_xml(definition), uuid, name, requester)
-                await self.agent.disk_guard.check_definition(uuid, root)  # formats pinned, chains confined (images.py)
                 xml = _serialise(root)
             else:
                 xml = domainxml.default_domain(uuid, name, domain_type=await self._domain_type())
@@ -430,8 +433,7 @@ class VMManager:
             path_map = {str(p): str(new_folder / p.name) for p in files}
             await self._copy_with_progress(files, new_folder, uuid)
             new_xml = domainxml.clone_domain(xml, uuid=uuid, name=name, path_map=path_map)
-            root = await self.checked_definition(new_xml, uuid, name, requester)
-            await self.agent.disk_guard.check_definition(uuid, root)  # the copies, read as the source's records say
+            root = await self.checked_definition(new_xml, uuid, name, requester)  # the copies, read as the source's records say
             return root
         except BaseException:
             await self._run_critical(self._remove_folder(new_folder))
@@ -492,7 +494,6 @@ class VMManager:
     async def define(self, entity: VMEntity, definition: ET.Element, sender: str | None = None) -> None:
         require_writable(self.agent, "define")
         root = await self.checked_definition(plain_xml(definition), entity.uuid, entity.name, entity.record.owner)
-        await self.agent.disk_guard.check_definition(entity.uuid, root)  # formats pinned, chains confined (images.py)
         async with self.agent.quotas.reserve(owner_of(entity, sender)):  # quotas.py: check + define as one step
             await self.agent.quotas.check_define(entity, root, sender=sender)
             await self.agent.libvirt.call("defineXML", _serialise(root))

@@ -196,8 +196,9 @@ def _lexists(path: Path) -> bool:
     return os.path.lexists(path)
 
 
-def _folders(config) -> tuple[Path, Path, Path, str]:
-    """(vm_base_path, ISO library, golden folder, qemu-img) as configured (validated by the storage module)."""
+def configured_folders(config) -> tuple[Path, Path, Path, str]:
+    """(vm_base_path, ISO library, golden folder, qemu-img) as configured, with their defaults: the one
+    reading of these [STORAGE] keys (the storage module validates what it returns)."""
     base = Path(config.vm.base_path)
     parser = getattr(config, "parser", None)
 
@@ -229,7 +230,7 @@ class DiskGuard:
 
     @classmethod
     def from_config(cls, config, fs) -> "DiskGuard":
-        base, iso, golden, qemu_img = _folders(config)
+        base, iso, golden, qemu_img = configured_folders(config)
         return cls(fs, vm_base_path=base, iso_path=iso, golden_path=golden, qemu_img=qemu_img)
 
     # ---------------------------------------------------------- records

@@ -50,6 +50,7 @@ class Entity:
     """An XMPP identity of the agent; subclasses say what it is and serves."""
 
     kind = "entity"
+    migrating = False  # a VM entity sets it while it moves (commands answer -43, commands/dispatch.py)
     role = "entity"  # vCard ROLE
 
     def __init__(self, agent: "Agent", jid: str, password: str, *, name: str, resource: str):

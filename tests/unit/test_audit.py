@@ -266,7 +266,7 @@ def make_entity(audit: AuditLog, allowed: set[tuple[str, str]]):
     registry.add_set(commands)
     registry.add_set(audit_commands)
     agent = SimpleNamespace(audit=audit, permissions=FakePermissions(allowed), registry=registry)
-    entity = SimpleNamespace(agent=agent, jid=HV, kind="hypervisor")
+    entity = SimpleNamespace(agent=agent, jid=HV, kind="hypervisor", migrating=False)
     return entity, registry.lookup("hypervisor", "ns:a", "park")
 
 
