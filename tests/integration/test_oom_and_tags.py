@@ -14,7 +14,7 @@ import libvirt
 import pytest
 from slixmpp.exceptions import IqError
 
-from agent_fixtures import grant
+from agent_fixtures import admin_client, grant, second_agent
 from vm_helpers import CONTROL, alloc, unique_name, vm_full, wait_libvirt_state, wait_vm_ready
 from xmpp_client import AcpError
 
@@ -116,6 +116,44 @@ async def test_setadjust_reaches_qemu_pushes_and_survives_a_restart(agent, admin
     assert qemu_pids(uuid)[0] != first_pid
 
 
+async def test_a_qemu_restarted_while_the_agent_was_away_gets_its_value_back(stack):
+    """Applied again to running domains when libvirt connects at the agent's start."""
+    handle = second_agent(stack, "hv-oom-restart")
+    handle.process.start()
+    admin = await admin_client(stack, "oom-restart-test")
+    jid = None
+    try:
+        await handle.wait_ready(admin)
+        jid = await alloc(admin, handle.full_jid, unique_name("oomrs"))
+        full, uuid = vm_full(jid, handle.jid), jid.split("@")[0]
+        await wait_vm_ready(admin, full)
+        await admin.acp(full, CONTROL, "create")
+        await wait_libvirt_state(stack, uuid, libvirt.VIR_DOMAIN_RUNNING)
+        await admin.acp(full, OOM, "setadjust", {"adjust": "5"})
+        assert score_adj_of(uuid) == 294
+        handle.process.stop()
+
+        def restart_domain() -> None:  # behind the agent's back: a new QEMU, at the kernel's default
+            conn = libvirt.open(stack.libvirt_uri)
+            try:
+                dom = conn.lookupByUUIDString(uuid)
+                dom.destroy()
+                dom.create()
+            finally:
+                conn.close()
+
+        await asyncio.to_thread(restart_domain)
+        assert score_adj_of(uuid) == 0
+        handle.process.start()
+        await handle.wait_ready(admin)
+        await wait_score_adj(uuid, 294)
+    finally:
+        if jid:
+            await admin.acp(handle.full_jid, HV_NS, "free", {"jid": jid})
+        await admin.close()
+        handle.process.stop()
+
+
 @pytest.mark.parametrize("attrs, code", [
     ({"adjust": "-18"}, -46), ({"adjust": "16"}, -46), ({"adjust": "lots"}, -46), ({"adjust": "1.5"}, -46),
     ({}, -45),
@@ -145,6 +183,16 @@ async def test_oom_is_refused_to_a_stranger_and_served_by_chat(agent, admin, new
     assert "OOM adjust 0" in await reader.chat(full, "oom")
     await admin.chat(full, "set oom 15")
     assert score_adj_of(uuid) == 1000
+    # and by ad-hoc command (XEP-0050): the form, then the same dispatch
+    plugin, node = admin.xmpp.plugin["xep_0050"], f"{OOM}#setadjust"
+    first = await plugin.send_command(full, node, timeout=10)
+    assert "adjust" in first["command"]["form"].get_fields()
+    submit = admin.xmpp.plugin["xep_0004"].make_form(ftype="submit")
+    submit.add_field(var="adjust", value="7")
+    done = await plugin.send_command(full, node, action="complete", sessionid=first["command"]["sessionid"],
+                                     payload=submit, timeout=10)
+    assert done["command"]["status"] == "completed"
+    assert score_adj_of(uuid) == 411
 
 
 async def _tag_event(client, jid: str, timeout: float = 15):
