@@ -53,6 +53,11 @@ class OomService:
 
     def __init__(self, agent, db):
         self.agent, self.db = agent, db
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def lock(self, uuid: str) -> asyncio.Lock:
+        """One change of a VM's value at a time (a set, a start), so /proc and the row agree."""
+        return self._locks.setdefault(uuid, asyncio.Lock())
 
     async def stored(self, uuid: str) -> int:
         async with self.db.execute("SELECT adjust FROM oom WHERE uuid=?", (uuid,)) as cursor:
@@ -85,11 +90,12 @@ class OomService:
     async def on_lifecycle(self, uuid: str, event: int, detail: int) -> None:
         if event != libvirt.VIR_DOMAIN_EVENT_STARTED:
             return
-        adjust = await self.stored(uuid)
-        if adjust == 0:
-            return  # the kernel's default: nothing to write
         try:
-            pid = await self.apply(uuid, adjust)
+            async with self.lock(uuid):
+                adjust = await self.stored(uuid)
+                if adjust == 0:
+                    return  # the kernel's default: nothing to write
+                pid = await self.apply(uuid, adjust)
             log.info("oom: VM %s started: oom_score_adj %d applied to pid %s", uuid, score_adj(adjust), pid)
         except Exception as exc:  # noqa: BLE001 - a listener logs, never raises
             log.warning("oom: cannot apply the stored value to VM %s: %s", uuid, exc)
@@ -100,11 +106,12 @@ class OomService:
 
     async def apply_all(self) -> None:
         """Running domains get their stored value again (the agent or libvirtd was restarted)."""
-        async with self.db.execute("SELECT uuid, adjust FROM oom") as cursor:
+        async with self.db.execute("SELECT uuid FROM oom") as cursor:
             rows = list(await cursor.fetchall())
-        for uuid, adjust in rows:
+        for (uuid,) in rows:
             try:
-                await self.apply(uuid, adjust)
+                async with self.lock(uuid):
+                    await self.apply(uuid)
             except Exception as exc:  # noqa: BLE001 - one VM must not stop the others
                 log.info("oom: stored value of VM %s not applied: %s", uuid, exc)
 
@@ -167,13 +174,14 @@ async def getadjust(ctx):
                   chat=("set oom",), help="set the OOM adjust value of this VM, kept across restarts")
 async def setadjust(ctx, adjust):
     svc = service(ctx.agent)
-    try:
-        await svc.apply(ctx.entity.uuid, adjust)  # a running QEMU first: nothing stored that was not applied
-    except NoProcess as exc:
-        raise Unavailable(f"cannot find this VM's QEMU process: {exc}") from None
-    except NotAllowed as exc:
-        raise Unavailable(str(exc)) from None
-    await svc.store(ctx.entity.uuid, adjust)
+    async with svc.lock(ctx.entity.uuid):
+        try:
+            await svc.apply(ctx.entity.uuid, adjust)  # a running QEMU first: nothing stored that was not applied
+        except NoProcess as exc:
+            raise Unavailable(f"cannot find this VM's QEMU process: {exc}") from None
+        except NotAllowed as exc:
+            raise Unavailable(str(exc)) from None
+        await svc.store(ctx.entity.uuid, adjust)
     try:
         await ctx.entity.push(PUSH, "adjusted", [element("oom", {"adjust": adjust, "score_adj": score_adj(adjust)})])
     except Exception as exc:  # noqa: BLE001 - a push never fails the command
