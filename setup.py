@@ -41,6 +41,8 @@ setup(
             "storage = archipelagent_modules.storage",
             "snapshots = archipelagent_modules.snapshots",
             "health = archipelagent_modules.health",
+            "oom = archipelagent_modules.oom",
+            "tags = archipelagent_modules.tags",
         ],
     },
 )
