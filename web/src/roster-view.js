@@ -79,4 +79,5 @@ export function setupRosterView(roster, onSelect) {
     }
   });
   render();
+  return { select(jid) { selected = jid; render(); } };
 }
