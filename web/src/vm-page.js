@@ -27,6 +27,7 @@ export function vmPage(ctx, pane) {
   }, label));
   const controls = h("div", { class: "controls", role: "group", "aria-label": "VM controls" }, buttons);
   let infoStatus = null;
+  let shownFirst = false; // the first tab is chosen once; later updates keep the user's tab
 
   const consoleSlot = h("section", { id: "console", "aria-label": "Console", dataset: { jid: ctx.jid } });
   const t = tabs("VM sections", [
@@ -86,7 +87,7 @@ export function vmPage(ctx, pane) {
     else if (ctx.error.textContent.startsWith("Your permissions")) ctx.error.textContent = "";
     if (ctx.may("info")) await fetchInfo();
     render();
-    t.first();
+    if (!shownFirst) { shownFirst = true; t.first(); }
   }
 
   ctx.onRoster(() => {
