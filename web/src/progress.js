@@ -20,9 +20,8 @@ export class ProgressBar {
   done(text) {
     this.bar.value = 100;
     this.text.textContent = text;
+    this.el.hidden = false;
     this.el.dataset.percent = "100";
-    clearTimeout(this._t);
-    this._t = setTimeout(() => { this.el.hidden = true; }, 4000);
   }
 }
 

@@ -24,7 +24,12 @@ export class Pushes extends EventTarget {
     if (this.session.state !== "online") return;
     for (const item of this.roster.items.values()) {
       // the node's access model is "presence": subscribe once we see the entity
-      if (!ENTITY_ROLES.includes(item.role) || !this.roster.presence(item).online) continue;
+      if (!ENTITY_ROLES.includes(item.role)) continue;
+      if (!this.roster.presence(item).online) {
+        // gone (unmanaged, freed, restarted): its node may be new when it is back
+        this.subscribed.delete(item.jid);
+        continue;
+      }
       if (this.subscribed.has(item.jid)) continue;
       this.subscribed.add(item.jid);
       this.session.subscribe(this.service, `/archipel/${item.jid}/events`).catch((e) => {
