@@ -53,7 +53,14 @@ export class Session extends EventTarget {
   }
 
   /** Handler for incoming stanzas, kept across reconnections. fn returns nothing. */
-  on(fn, ns, name, type) { this._handlers.push([fn, ns, name, type]); }
+  on(fn, ns, name, type) {
+    this._handlers.push([fn, ns, name, type]);
+    if (this.conn) this._install(this.conn, [fn, ns, name, type]); // added while online: from now on too
+  }
+
+  _install(conn, [fn, ns, name, type]) {
+    conn.addHandler((st) => { try { fn(st); } catch (e) { console.warn(e); } return true; }, ns, name, type);
+  }
 
   /** Log in. Resolves once online; rejects with Error(kind) where kind is a LOGIN_ERRORS key. */
   async login(jid, password, { wsUrl, boshUrl }) {
@@ -133,9 +140,7 @@ export class Session extends EventTarget {
           clearTimeout(timeout);
           this.conn = conn;
           this.transport = name;
-          for (const [fn, ns, nm, type] of this._handlers) {
-            conn.addHandler((st) => { try { fn(st); } catch (e) { console.warn(e); } return true; }, ns, nm, type);
-          }
+          for (const handler of this._handlers) this._install(conn, handler);
           this._setState("online"); // the roster sends the initial presence once it has loaded
           resolve();
         } else if (status === S.AUTHFAIL) {

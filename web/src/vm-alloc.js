@@ -1,6 +1,7 @@
 // Alloc with memory or vCPUs: the hypervisor allocates a blank VM, then its
 // definition is changed as soon as the new entity answers (its full JID comes
-// from rostervm; it takes a moment to log in).
+// from rostervm, or the
+// hypervisor's node; the entity takes a moment to log in).
 import { NS } from "./entity-context.js";
 import { plainDomain, readFields, writeFields } from "./domain-xml.js";
 
@@ -8,18 +9,22 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 export async function configureNewVm(ctx, bare, { memoryMiB, vcpus }, tries = 60) {
   let last = null;
+  // a VM's resource is its hypervisor's JID node (reference §1); rostervm says so too, for who holds it
+  let full = `${bare}/${ctx.jid.split("@")[0]}`;
   for (let i = 0; i < tries; i += 1) {
-    const items = await ctx.items(NS.HV, "rostervm");
-    const found = items.find((it) => it.textContent.split("/")[0] === bare);
-    if (found && found.textContent.includes("/")) {
+    if (ctx.may("rostervm")) {
+      const found = (await ctx.items(NS.HV, "rostervm")).find((it) => it.textContent.split("/")[0] === bare);
+      full = found && found.textContent.includes("/") ? found.textContent : null;
+    }
+    if (full) {
       try {
-        const el = (await ctx.session.acpItems(found.textContent, NS.VM, "xmldesc"))[0];
+        const el = (await ctx.session.acpItems(full, NS.VM, "xmldesc"))[0];
         if (el && el.localName === "domain") {
           const domain = plainDomain(el);
           const f = readFields(domain);
           if (memoryMiB) f.memoryMiB = memoryMiB;
           if (vcpus) f.vcpus = vcpus;
-          await ctx.session.acp(found.textContent, NS.DEF, "define", {}, "set", [writeFields(domain, f)]);
+          await ctx.session.acp(full, NS.DEF, "define", {}, "set", [writeFields(domain, f)]);
           return;
         }
       } catch (e) {

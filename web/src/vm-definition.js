@@ -26,7 +26,7 @@ export function definitionSection(ctx, panel) {
   h("label", { for: "vm-iso" }, "CD drive (ISO library)"), iso,
   h("span", { class: "label" }, "NICs (libvirt networks you may use)"), nets, addNic,
   h("div", { class: "row" }, save));
-  const xml = h("textarea", { id: "vm-xml", rows: "14", spellcheck: "false", "aria-label": "Definition XML" });
+  const xml = h("textarea", { id: "vm-xml", rows: "14", spellcheck: "false" });
   const xmlForm = h("form", { class: "card xml-form", "aria-label": "Raw XML",
     onsubmit: (ev) => { ev.preventDefault(); defineXml(); } },
   h("label", { for: "vm-xml" }, "Raw libvirt XML"), xml, h("button", { type: "submit" }, "Define from XML"));
