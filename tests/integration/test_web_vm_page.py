@@ -103,7 +103,7 @@ async def test_student_builds_a_vm_and_a_granted_teacher_follows_it_live(browser
                 await page.get_by_role("button", name="Grant", exact=True).click()
                 await expect(status_line(page)).to_have_text(f"Grant {perm} to {teacher['jid']}: done.")
             await expect(page.locator("table[aria-label='Permissions granted']")).to_contain_text("reboot")
-            await screenshot(page, "vm")
+            await screenshot(page, "vm-permissions")
 
             async with user_page(browser, stack) as tpage:
                 await open_app(tpage, teacher)

@@ -63,6 +63,7 @@ async def screenshot(page, name: str) -> None:
     """With ARCHIPEL_SCREENSHOTS=1, save docs/screenshots/<name>.png from the test itself."""
     if os.environ.get("ARCHIPEL_SCREENSHOTS"):
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        await page.evaluate("window.scrollTo(0, 0)")  # the page as one arrives on it
         await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
 
 
