@@ -203,6 +203,9 @@ export class Session extends EventTarget {
     return q ? [...q.children] : [];
   }
 
+  /** XEP-0199 ping: resolves when ``to`` answers (the bench's floor for a round trip). */
+  ping(to) { return this.iq($iq({ to, type: "get" }).c("ping", { xmlns: "urn:xmpp:ping" })); }
+
   /** Subscribe this account (bare JID, as Archipel's client does) to a pubsub node. */
   subscribe(service, node) {
     return this.iq($iq({ to: service, type: "set" }).c("pubsub", { xmlns: NS_PUBSUB })
