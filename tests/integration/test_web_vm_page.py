@@ -148,6 +148,13 @@ async def test_student_builds_a_vm_and_a_granted_teacher_follows_it_live(browser
                 await row.get_by_role("checkbox").check()
                 await tpage.get_by_role("button", name="Power on selected").click()
                 await expect(row.locator(".result")).to_have_text("Power on: Cannot use 'create': permission denied")
+                # live in the table too; bulk power off with the "destroy" the teacher holds
+                await page.get_by_role("button", name="Start", exact=True).click()
+                await expect(row.locator(".state")).to_have_text("Running")
+                await tpage.get_by_role("button", name="Power off selected").click()
+                await expect(row.locator(".result")).to_have_text("Power off: done")
+                await expect(row.locator(".state")).to_have_text("Off")
+                await wait_libvirt_state(stack, uuid, libvirt.VIR_DOMAIN_SHUTOFF)
                 await screenshot(tpage, "teacher-table")
                 assert [e for e in tpage.errors if "permission denied" not in e] == []
 

@@ -24,7 +24,18 @@ export function disksSection(ctx, panel) {
   h("label", { for: "disk-golden" }, "Overlay of a golden image"), golden,
   h("label", { class: "check" }, attach, " Attach it to the definition"),
   h("button", { type: "submit" }, "Create disk"));
-  panel.append(progress.el, list, createForm, h("h3", {}, "ISO library"), isos);
+  const goldenDisk = h("select", { id: "golden-disk" });
+  const goldenName = h("input", { id: "golden-name", type: "text", required: true, placeholder: "debian-12-base" });
+  const goldenForm = h("form", { class: "card golden-form", "aria-label": "Make a golden image",
+    onsubmit: (ev) => {
+      ev.preventDefault();
+      const [n, g] = [goldenDisk.value, goldenName.value.trim()];
+      ctx.run(`Golden copy of ${n}`, () => ctx.acp(NS.DISK, "setgolden", { name: n, golden: g }, "set"));
+    } },
+  h("label", { for: "golden-disk" }, "Copy a disk of this VM (off) to the golden images"), goldenDisk,
+  h("label", { for: "golden-name" }, "Golden image name"), goldenName,
+  h("button", { type: "submit" }, "Make golden image"));
+  panel.append(progress.el, list, createForm, goldenForm, h("h3", {}, "ISO library"), isos);
   let domain = null;
 
   async function load() {
@@ -35,6 +46,10 @@ export function disksSection(ctx, panel) {
         domain = el && el.localName === "domain" ? plainDomain(el) : null;
       }
       const used = new Set(domain ? diskSources(domain) : []);
+      const chosen = goldenDisk.value;
+      goldenDisk.replaceChildren(...disks.map((d) => h("option", { value: d.getAttribute("name") }, d.getAttribute("name"))));
+      if (chosen) goldenDisk.value = chosen;
+      goldenForm.hidden = !ctx.may("drives_setgolden") || !disks.length;
       list.replaceChildren(table("Disks of this VM", [
         ["Name", (d) => d.getAttribute("name")],
         ["Format", (d) => d.getAttribute("format") || d.getAttribute("error") || ""],
@@ -61,8 +76,6 @@ export function disksSection(ctx, panel) {
       } }, "Resize"),
       h("button", { type: "button", "aria-label": `Convert ${n} to ${fmt}`,
         onclick: () => ctx.run(`Convert ${n}`, () => ctx.acp(NS.DISK, "convert", { name: n, format: fmt }, "set")) }, `To ${fmt}`),
-      h("button", { type: "button", "aria-label": `Copy ${n} to the golden images`,
-        onclick: () => ctx.run(`Golden copy of ${n}`, () => ctx.acp(NS.DISK, "setgolden", { name: n }, "set")) }, "Make golden"),
       h("button", { type: "button", class: "danger", "aria-label": `Delete ${n}`, onclick: () => {
         if (confirm(`Delete the disk ${n}? Its data is lost.`)) {
           ctx.run(`Delete ${n}`, () => ctx.acp(NS.DISK, "delete", { name: n, undefine: "yes" }, "set"));
@@ -76,11 +89,18 @@ export function disksSection(ctx, panel) {
       isos.replaceChildren(...(items.length ? items.map((i) => h("li", {}, i.getAttribute("name")))
         : [h("li", { class: "hint" }, "No ISO images.")]));
     } catch (e) { ctx.fail("ISO library", e); }
-    if (ctx.may("drives_getgolden")) {
-      try {
-        for (const g of await ctx.items(NS.DISK, "getgolden")) golden.append(h("option", { value: g.getAttribute("name") }, g.getAttribute("name")));
-      } catch (_) { golden.disabled = true; }
-    } else golden.disabled = true;
+    await loadGoldens();
+  }
+
+  async function loadGoldens() {
+    golden.disabled = !ctx.may("drives_getgolden");
+    if (golden.disabled) return;
+    try {
+      const chosen = golden.value;
+      golden.replaceChildren(h("option", { value: "" }, "None (blank disk)"),
+        ...(await ctx.items(NS.DISK, "getgolden")).map((g) => h("option", { value: g.getAttribute("name") }, g.getAttribute("name"))));
+      if ([...golden.options].some((o) => o.value === chosen)) golden.value = chosen;
+    } catch (_) { golden.disabled = true; }
   }
 
   async function create() {
@@ -104,6 +124,7 @@ export function disksSection(ctx, panel) {
       if (change === "progress" && d) progress.set(`${d.getAttribute("action")} ${d.getAttribute("name")}`, Number(d.getAttribute("progress")));
       else if (change === "failed" && d) { progress.done(`${d.getAttribute("action")} ${d.getAttribute("name")} failed`); ctx.error.textContent = d.getAttribute("error") || ""; }
       else if (["converted", "goldened"].includes(change) && d) progress.done(`${change === "converted" ? "Converted" : "Golden copy made of"} ${d.getAttribute("source") || d.getAttribute("name")}`);
+      if (change === "goldened") loadGoldens();
       if (change !== "progress") load();
     } else if (ns === "virtualmachine:definition") load();
   });
