@@ -12,7 +12,7 @@ export function disksSection(ctx, panel) {
   const progress = new ProgressBar("Disk operation");
   const name = h("input", { id: "disk-name", type: "text", required: true, placeholder: "system" });
   const size = h("input", { id: "disk-size", type: "number", min: "1", step: "1", placeholder: "10" });
-  const unit = h("select", { id: "disk-unit" }, ["M", "G"].map((u) => h("option", { value: u, selected: u === "G" }, `${u}iB`)));
+  const unit = h("select", { id: "disk-unit", "aria-label": "Size unit" }, ["M", "G"].map((u) => h("option", { value: u, selected: u === "G" }, `${u}iB`)));
   const format = h("select", { id: "disk-format" }, ["qcow2", "raw"].map((f) => h("option", { value: f }, f)));
   const golden = h("select", { id: "disk-golden" }, h("option", { value: "" }, "None (blank disk)"));
   const attach = h("input", { id: "disk-attach", type: "checkbox", checked: true });
