@@ -80,9 +80,14 @@ export function teacherTable(app, pane, { openVm }) {
     render();
   }
 
-  const onChange = () => render();
+  let pending = false;
+  const onChange = () => { // one drawing per frame, however many presences arrived
+    if (pending) return;
+    pending = true;
+    requestAnimationFrame(() => { pending = false; render(); });
+  };
   roster.addEventListener("change", onChange);
-  const stopPush = ({ detail }) => {
+  const onPush = ({ detail }) => {
     const item = roster.items.get(detail.entity);
     if (item && item.role === "virtualmachine") {
       item.changedAt = new Date();
@@ -93,7 +98,7 @@ export function teacherTable(app, pane, { openVm }) {
       render();
     }
   };
-  pushes.addEventListener("push", stopPush);
+  pushes.addEventListener("push", onPush);
   render();
-  return { close() { roster.removeEventListener("change", onChange); pushes.removeEventListener("push", stopPush); } };
+  return { close() { roster.removeEventListener("change", onChange); pushes.removeEventListener("push", onPush); } };
 }
