@@ -94,5 +94,10 @@ async def test_admin_hypervisor_page_clone_free_manage_and_admin_views(browser, 
         await expect(page.locator("table[aria-label=Disks]")).to_contain_text("data.qcow2")
         disk_steps = [p for ns, change, p in await page.evaluate("seen") if ns == "disk" and change == "progress"]
         assert disk_steps, "no progress push for a convert"
+        # the admin holds "audit" on the hypervisor: this VM's own entries
+        await tab(page, "Audit").click()
+        vm_audit = page.locator("#entity-pane .panel-audit table[aria-label='Audit entries']")
+        await expect(vm_audit).to_contain_text("archipel:vm:disk convert")
+        await expect(vm_audit).not_to_contain_text("archipel:hypervisor:control clone")  # another entity's
         assert page.errors == []
     await admin.acp(agent.full_jid, "archipel:hypervisor:control", "free", {"jid": vm_jid})

@@ -60,6 +60,18 @@ async def test_alloc_with_memory_and_vcpus_then_xml_editor_nics_and_chat(browser
         await expect(error_line(page)).to_have_text(re.compile(r"^Save definition: .*network 'not-for-students' is not allowed"))
         assert libvirt_xml(stack, uuid).find("devices/interface") is None
 
+        # an LDAP group's grant, then its revocation, from the Permissions tab
+        await tab(page, "Permissions").click()
+        await page.get_by_label("Grant to a").select_option("group")
+        await page.get_by_label("User JID, LDAP group").fill("teachers")
+        await page.get_by_label("Permission (or role name)").fill("info")
+        await page.get_by_role("button", name="Grant", exact=True).click()
+        await expect(status_line(page)).to_have_text("Grant info to teachers: done.")
+        granted = page.locator("table[aria-label='Permissions granted'] tr", has_text="teachers")
+        await expect(granted).to_contain_text("group")
+        await page.get_by_role("button", name="Revoke info from teachers").click()
+        await expect(granted).to_have_count(0)
+
         # chat with the VM (the owner holds "message")
         await tab(page, "Chat").click()
         await page.get_by_label("Message").fill("help")
