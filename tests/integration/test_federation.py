@@ -63,7 +63,9 @@ async def test_a_campus_user_drives_a_vm_over_s2s(stack, federation, fed_agent, 
         jid = await alloc(teacher, fed_agent.full_jid, unique_name("fed"))         # IQ over s2s
         full = vm_full(jid, fed_agent.jid)
         await teacher.wait_presence(from_vm(jid, "Off"), timeout=60)             # subscription + presence
-        await teacher.subscribe_events(stack.pubsub_domain, jid)                 # pubsub.archipel.test
+        # it sees the VM already (the presence above): subscribe to the node directly; a repeated
+        # presence subscription would get no answer from ejabberd
+        await teacher.xmpp.plugin["xep_0060"].subscribe(stack.pubsub_domain, f"/archipel/{jid}/events", timeout=10)
         await wait_vm_ready(teacher, full)
         await teacher.acp(full, CONTROL, "create")
         await teacher.wait_presence(from_vm(jid, "Running"), timeout=60)
