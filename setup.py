@@ -25,6 +25,7 @@ setup(
         "lxml>=4.9",
         "aiosqlite>=0.19",
         "prometheus-client>=0.17",
+        "websockets>=13.0",  # the console proxy (archipelagent/console/proxy.py)
     ],
     extras_require={
         "test": ["pytest>=7.4", "pytest-asyncio>=0.23", "pytest-timeout>=2.2",
@@ -41,6 +42,7 @@ setup(
             "storage = archipelagent_modules.storage",
             "snapshots = archipelagent_modules.snapshots",
             "health = archipelagent_modules.health",
+            "vnc = archipelagent_modules.vnc",
         ],
     },
 )
