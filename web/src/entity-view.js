@@ -1,6 +1,7 @@
 // The entity pane: a VM page (state, live controls enabled by what the user
 // holds) or a hypervisor page (status, alloc). Every error shows the agent's own text.
 import { $, h } from "./dom.js";
+import { mountConsole } from "./console-view.js";
 
 const NS_VM = "archipel:vm:control";
 const NS_HV = "archipel:hypervisor:control";
@@ -81,6 +82,7 @@ export function setupEntityView(session, roster) {
       if (item.role === "virtualmachine") body.push(state.dom.info, vmControls(state));
       else if (item.role === "hypervisor") body.push(hypervisorControls(state));
       body.push(state.dom.message, state.dom.error);
+      if (item.role === "virtualmachine") body.push(mountConsole(session, () => roster.fullJid(state.item)));
       pane.replaceChildren(...body);
     }
     const pr = roster.presence(item);

@@ -1,0 +1,188 @@
+"""The VM console in the browser, at the wire: ``archipel:virtualmachine:vnc display``
+and the agent's WebSocket proxy, with raw WebSocket clients against the real stack
+(the VM's QEMU speaks RFB behind the proxy).  The browser side is in test_web_console.py.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ssl
+
+import libvirt
+import pytest
+import pytest_asyncio
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from agent_fixtures import admin_client, grant, second_agent
+from vm_helpers import CONTROL, HV_NS, alloc, unique_name, vm_full, wait_libvirt_state, wait_vm_ready
+from xmpp_client import AcpError
+
+NS = "archipel:virtualmachine:vnc"
+
+
+async def running_vm(client, hv_full_jid: str, hv_jid: str, stack, prefix: str) -> tuple[str, str]:
+    """A started VM of the hypervisor (SeaBIOS on its VNC display): (bare JID, full JID)."""
+    jid = await alloc(client, hv_full_jid, unique_name(prefix))
+    full = vm_full(jid, hv_jid)
+    await wait_vm_ready(client, full)
+    await client.acp(full, CONTROL, "create")
+    await wait_libvirt_state(stack, jid.split("@")[0], libvirt.VIR_DOMAIN_RUNNING)
+    return jid, full
+
+
+@pytest_asyncio.fixture(scope="module")
+async def vms(agent, admin, stack):
+    """Two running VMs of the session agent; freed at the end."""
+    made = [await running_vm(admin, agent.full_jid, agent.jid, stack, "console") for _ in range(2)]
+    yield made
+    for jid, _full in made:
+        await admin.acp(agent.full_jid, HV_NS, "free", {"jid": jid})
+
+
+async def display(client, vm_full_jid: str) -> dict:
+    query = await client.acp(vm_full_jid, NS, "display")
+    return dict(query.find(f"{{{NS}}}display").attrib)
+
+
+def console_url(reply: dict, token: str | None = None, path: str | None = None) -> str:
+    scheme = "wss" if reply["supportssl"] == "True" else "ws"
+    return f"{scheme}://{reply['host']}:{reply['proxy']}{path or reply['path']}?token={token or reply['token']}"
+
+
+async def banner(url: str, **kw) -> bytes:
+    """The first bytes the proxy passes on: QEMU's RFB version banner."""
+    async with connect(url, open_timeout=20, **kw) as ws:
+        return await asyncio.wait_for(ws.recv(), 20)
+
+
+async def refused(url: str, **kw) -> tuple[int, str]:
+    async with connect(url, open_timeout=20, **kw) as ws:
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 20)
+        return ws.close_code, ws.close_reason
+
+
+def tcp_listeners(port: int) -> set[str]:
+    """Local addresses with a listening TCP socket on ``port`` (IPv4 and IPv6, from /proc)."""
+    found = set()
+    for table, size in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        with open(table) as f:
+            next(f)
+            for line in f:
+                local, state = line.split()[1], line.split()[3]
+                address, hex_port = local.split(":")
+                if state == "0A" and int(hex_port, 16) == port:
+                    found.add(address if size == 32 else ".".join(str(int(address[i:i + 2], 16)) for i in (6, 4, 2, 0)))
+    return found
+
+
+async def test_display_gives_archipels_shape_and_a_token_that_reaches_the_vnc_server_once(agent, admin, new_user, vms):
+    (jid, full), _ = vms
+    user = await new_user("console")
+    await grant(admin, full, user.xmpp.boundjid.bare, "vnc_display")
+    reply = await display(user, full)
+    uuid = jid.split("@")[0]
+    assert reply["type"] == "vnc" and reply["host"] == "127.0.0.1"
+    assert reply["onlyssl"] == reply["supportssl"] == "False"
+    assert int(reply["proxy"]) > 0 and int(reply["port"]) >= 5900
+    assert reply["path"] == f"/vnc/{uuid}" and len(reply["token"]) >= 40
+    expires = datetime.datetime.fromisoformat(reply["expires"].replace("Z", "+00:00"))
+    assert expires > datetime.datetime.now(datetime.timezone.utc)
+    assert reply["url"] == console_url(reply)
+    assert (await banner(reply["url"])).startswith(b"RFB 003.00")
+    assert await refused(reply["url"]) == (1008, "console token already used")
+    # the VNC server itself listens on loopback only: nothing reaches it but through the proxy
+    assert tcp_listeners(int(reply["port"])) == {"127.0.0.1"}
+
+
+async def test_a_token_is_bound_to_its_vm(agent, admin, new_user, vms):
+    (jid_a, full_a), (jid_b, full_b) = vms
+    user = await new_user("console")
+    for full in (full_a, full_b):
+        await grant(admin, full, user.xmpp.boundjid.bare, "vnc_display")
+    reply_b = await display(user, full_b)
+    at_a = console_url(reply_b, path=f"/vnc/{jid_a.split('@')[0]}")
+    assert await refused(at_a) == (1008, "console token is for another VM")
+    assert await refused(reply_b["url"]) == (1008, "console token already used")  # spent by the wrong try
+    assert (await banner((await display(user, full_b))["url"])).startswith(b"RFB 003.00")
+    assert (await refused(console_url(reply_b, token="forged-" + "x" * 40)))[1].startswith("unknown console token")
+
+
+async def test_another_user_gets_no_token_for_a_vm_they_hold_nothing_on(agent, admin, new_user, vms):
+    (_jid, full), _ = vms
+    owner, other = await new_user("console"), await new_user("console")
+    await grant(admin, full, owner.xmpp.boundjid.bare, "vnc_display")
+    await grant(admin, full, other.xmpp.boundjid.bare, "info")  # rights on the VM, but not the console
+    with pytest.raises(AcpError) as info:
+        await display(other, full)
+    assert info.value.is_permission_error and info.value.code == -1
+    assert info.value.text.startswith("Cannot use 'display': permission denied")
+    assert "forbidden" == info.value.condition
+
+
+async def test_a_revoked_right_closes_the_door_on_a_token_already_issued(agent, admin, new_user, vms):
+    (_jid, full), _ = vms
+    user = await new_user("console")
+    await grant(admin, full, user.xmpp.boundjid.bare, "vnc_display")
+    reply = await display(user, full)
+    await grant(admin, full, user.xmpp.boundjid.bare, "vnc_display", value=False)
+    assert await refused(reply["url"]) == (1008, "vnc_display was revoked")
+
+
+async def test_display_of_a_stopped_vm_is_a_conflict(agent, admin):
+    jid = await alloc(admin, agent.full_jid, unique_name("console-off"))
+    full = vm_full(jid, agent.jid)
+    try:
+        await wait_vm_ready(admin, full)
+        with pytest.raises(AcpError) as info:
+            await display(admin, full)
+        assert info.value.code == -49 and info.value.text.startswith("the VM is not running")
+    finally:
+        await admin.acp(agent.full_jid, HV_NS, "free", {"jid": jid})
+
+
+async def test_chat_and_adhoc_give_the_console_url(agent, admin, vms):
+    (jid, full), _ = vms
+    text = await admin.chat(full, "vnc")
+    assert text.startswith(f"Console: ws://127.0.0.1:") and f"/vnc/{jid.split('@')[0]}?token=" in text
+    url = text.split()[1]
+    assert (await banner(url)).startswith(b"RFB 003.00")
+    result = await admin.xmpp.plugin["xep_0050"].send_command(full, f"{NS}#display", timeout=15)
+    assert result["command"]["status"] == "completed"
+    url = "\n".join(result["command"]["form"].get_values()["result"]).split()[1]
+    assert (await banner(url)).startswith(b"RFB 003.00")
+
+
+async def test_tls_and_expiry_on_an_agent_configured_for_them(stack):
+    """A second agent: wss with the rig's certificate, tokens that live 2 s."""
+    handle = second_agent(stack, "hv-console", overrides={"VNC": {
+        "vnc_certificate_file": str(stack.certs.server_cert), "vnc_key_file": str(stack.certs.server_key),
+        "vnc_token_lifetime": "2"}})
+    handle.process.start()
+    admin = await admin_client(stack, "console-tls")
+    jid = None
+    try:
+        await handle.wait_ready(admin)
+        jid, full = await running_vm(admin, handle.full_jid, handle.jid, stack, "console-tls")
+        context = ssl.create_default_context(cafile=str(stack.ca_file))
+        reply = await display(admin, full)
+        assert reply["onlyssl"] == reply["supportssl"] == "True" and reply["url"].startswith("wss://")
+        await asyncio.sleep(2.5)  # past its lifetime
+        assert await refused(reply["url"], ssl=context) == (1008, "console token expired")
+        for _ in range(5):  # a fresh one works (asked again if this busy machine let it expire)
+            reply = await display(admin, full)
+            try:
+                assert (await banner(reply["url"], ssl=context)).startswith(b"RFB 003.00")
+                break
+            except ConnectionClosed as exc:
+                assert exc.rcvd.reason == "console token expired"
+        else:
+            pytest.fail("no token was used within its lifetime in 5 tries")
+        with pytest.raises(Exception):  # and never in clear
+            await banner(reply["url"].replace("wss://", "ws://", 1))
+    finally:
+        if jid:
+            await admin.acp(handle.full_jid, HV_NS, "free", {"jid": jid})
+        await admin.close()
+        handle.process.stop()
