@@ -87,6 +87,12 @@ export function mountConsole(session, target) {
     const url = display.getAttribute("url") ||
       `${display.getAttribute("supportssl") === "True" ? "wss" : "ws"}://${display.getAttribute("host")}:` +
       `${display.getAttribute("proxy")}${display.getAttribute("path")}?token=${encodeURIComponent(display.getAttribute("token"))}`;
+    if (location.protocol === "https:" && url.startsWith("ws:")) { // the browser would block it silently
+      connectBtn.disabled = false;
+      setStatus("failed", "This page is HTTPS but the hypervisor's console proxy has no TLS: " +
+        "its administrator sets [VNC] vnc_certificate_file.");
+      return;
+    }
     setStatus("connecting", "Connecting to the console…");
     rfb = new RFB(screen, url, { shared: true });
     watcher.observe(document.body, { childList: true, subtree: true });
