@@ -9,6 +9,7 @@ import pytest
 from archipelagent.config import ConfigError
 from archipelagent.console import TokenRefused, TokenStore, read_config
 from archipelagent.console import tokens as tokens_module
+from archipelagent.logs import redact
 
 VM_A = "11111111-1111-4111-8111-111111111111"
 VM_B = "22222222-2222-4222-8222-222222222222"
@@ -126,3 +127,12 @@ def test_vnc_bad_values_name_their_key(tmp_path):
     cfg = read_config(config(tmp_path, vnc_proxy_address="0.0.0.0", vnc_certificate_file=str(pem),
                              vnc_proxy_public_host="hv1.example.org"))
     assert (cfg.tls, cfg.public_host) == (True, "hv1.example.org")
+
+
+def test_tokens_never_reach_a_log_line():
+    """websockets logs request lines at debug, slixmpp the display reply: both are redacted."""
+    token = TokenStore(30).issue("alice@archipel.test", VM_A)[0]
+    lines = (f"< GET /vnc/{VM_A}?token={token} HTTP/1.1",
+             f'<display type="vnc" token="{token}" url="ws://127.0.0.1:6900/vnc/{VM_A}?token={token}" />')
+    for line in lines:
+        assert token not in redact(line) and "token=***" in redact(line).replace('"', "")
