@@ -98,14 +98,14 @@ class ConsoleProxy:
         vm = PATH.match(url.path).group(1)
         peer = _peer(ws)
         token = (parse_qs(url.query).get("token") or [None])[0]
+        if self.active >= MAX_CONNECTIONS:  # before the token is spent: the user may retry with it
+            await ws.close(CloseCode.TRY_AGAIN_LATER, "too many consoles open on this hypervisor")
+            return
         try:
             grant = self.tokens.consume(token, vm)
         except TokenRefused as exc:
             log.info("console: refused a connection to %s from %s: %s", vm, peer, exc.reason)
             await ws.close(CloseCode.POLICY_VIOLATION, exc.reason)
-            return
-        if self.active >= MAX_CONNECTIONS:
-            await ws.close(CloseCode.TRY_AGAIN_LATER, "too many consoles open on this hypervisor")
             return
         self.active += 1
         try:

@@ -10,6 +10,7 @@ import asyncio
 import datetime
 import os
 import re
+import socket
 import ssl
 
 import xml.etree.ElementTree as ET
@@ -162,6 +163,39 @@ async def test_chat_and_adhoc_give_the_console_url(agent, admin, vms):
     assert result["command"]["status"] == "completed"
     url = "\n".join(result["command"]["form"].get_values()["result"]).split()[1]
     assert (await banner(url)).startswith(b"RFB 003.00")
+
+
+async def test_unused_tokens_are_bounded_per_user(agent, admin, new_user, vms):
+    (_jid, full), _ = vms
+    user = await new_user("console")
+    await grant(admin, full, user.xmpp.boundjid.bare, "vnc_display")
+    for _ in range(32):
+        await display(user, full)
+    with pytest.raises(AcpError) as info:
+        await display(user, full)
+    assert info.value.code == -52 and "unused console tokens already" in info.value.text
+
+
+async def test_a_proxy_port_in_use_is_reported_and_the_agent_serves_on(stack):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        handle = second_agent(stack, "hv-console-busy", overrides={"VNC": {"vnc_proxy_port": str(busy.getsockname()[1])}})
+        handle.process.start()
+        admin = await admin_client(stack, "console-busy")
+        jid = None
+        try:
+            await handle.wait_ready(admin)
+            assert handle.process.wait_log("console proxy cannot listen on", timeout=5)
+            jid, full = await running_vm(admin, handle.full_jid, handle.jid, stack, "console-busy")
+            with pytest.raises(AcpError) as info:
+                await display(admin, full)
+            assert info.value.code == -48 and "console proxy is not running" in info.value.text
+        finally:
+            if jid:
+                await admin.acp(handle.full_jid, HV_NS, "free", {"jid": jid})
+            await admin.close()
+            handle.process.stop()
 
 
 async def test_tls_and_expiry_on_an_agent_configured_for_them(stack):

@@ -3,12 +3,14 @@ and where a domain's VNC server may be reached (modules/vnc.py ``vnc_endpoint``)
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from archipelagent.console import ConsoleConfig, ConsoleProxy, TargetRefused, TokenStore
+from archipelagent.console import proxy as proxy_module
 from archipelagent_modules.vnc import vnc_endpoint
 
 VM_A = "11111111-1111-4111-8111-111111111111"
@@ -32,6 +34,12 @@ class Upstream:
         writer.close()
 
 
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture
 async def proxy():
     upstream = await Upstream().start()
@@ -41,6 +49,8 @@ async def proxy():
         resolved.append(grant)
         if grant.user == "gone@archipel.test":
             raise TargetRefused("the VM is not running")
+        if grant.user == "silent@archipel.test":
+            return "127.0.0.1", closed_port()
         return "127.0.0.1", upstream.port
 
     tokens = TokenStore(30)
@@ -96,6 +106,36 @@ async def test_a_console_that_cannot_be_reached_says_why(proxy):
     token, _ = proxy.tokens.issue("gone@archipel.test", VM_A)
     assert await closed_with(proxy, url(proxy, VM_A, token)) == (1008, "the VM is not running")
     assert proxy.upstream.connections == 0
+
+
+async def test_a_vnc_server_that_does_not_answer_is_said_so(proxy):
+    token, _ = proxy.tokens.issue("silent@archipel.test", VM_A)
+    assert await closed_with(proxy, url(proxy, VM_A, token)) == (1011, "the VM's VNC server does not answer")
+
+
+async def test_text_frames_are_refused(proxy):
+    token, _ = proxy.tokens.issue("alice@archipel.test", VM_A)
+    async with connect(url(proxy, VM_A, token)) as ws:
+        assert await ws.recv() == b"RFB 003.008\n"
+        await ws.send("RFB 003.008\n")
+        with pytest.raises(ConnectionClosed):
+            await ws.recv()
+        assert (ws.close_code, ws.close_reason) == (1003, "binary frames only")
+
+
+async def test_consoles_are_bounded_and_a_refused_one_keeps_its_token(proxy, monkeypatch):
+    monkeypatch.setattr(proxy_module, "MAX_CONNECTIONS", 1)
+    first, _ = proxy.tokens.issue("alice@archipel.test", VM_A)
+    second, _ = proxy.tokens.issue("alice@archipel.test", VM_A)
+    async with connect(url(proxy, VM_A, first)) as ws:
+        assert await ws.recv() == b"RFB 003.008\n"
+        assert await closed_with(proxy, url(proxy, VM_A, second)) == (1013, "too many consoles open on this hypervisor")
+    for _ in range(100):  # the first console's task ends after its close
+        if proxy.active == 0:
+            break
+        await asyncio.sleep(0.05)
+    async with connect(url(proxy, VM_A, second)) as ws:  # not spent by the refusal
+        assert await ws.recv() == b"RFB 003.008\n"
 
 
 async def test_other_paths_get_404_before_any_upgrade(proxy):
