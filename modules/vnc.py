@@ -136,11 +136,10 @@ async def display(ctx):
     svc = service(ctx.agent)
     if not svc.proxy.running:
         raise Unavailable("the console proxy is not running on this hypervisor (see the agent log)")
-    try:
-        host, port = await svc.endpoint(ctx.entity)
+    try:  # the proxy reads the address again at connection time: the VM may restart in between
+        _host, port = await svc.endpoint(ctx.entity)
     except TargetRefused as exc:
         raise Conflict(exc.reason) from None
-    del host  # the proxy reads it again at connection time: the VM may restart in between
     try:
         token, grant = svc.tokens.issue(ctx.sender_bare, ctx.entity.uuid)
     except OverflowError as exc:
