@@ -198,8 +198,9 @@ async def test_a_proxy_port_in_use_is_reported_and_the_agent_serves_on(stack):
             handle.process.stop()
 
 
-async def test_tls_and_expiry_on_an_agent_configured_for_them(stack):
-    """A second agent: wss with the rig's certificate, tokens that live 2 s."""
+async def test_tls_and_expiry_on_an_agent_configured_for_them(stack, agent, vms):
+    """A second agent: wss with the rig's certificate, tokens that live 2 s; each agent
+    opens only its own VMs' consoles with its own tokens."""
     handle = second_agent(stack, "hv-console", overrides={"VNC": {
         "vnc_certificate_file": str(stack.certs.server_cert), "vnc_key_file": str(stack.certs.server_key),
         "vnc_token_lifetime": "2"}})
@@ -225,6 +226,15 @@ async def test_tls_and_expiry_on_an_agent_configured_for_them(stack):
             pytest.fail("no token was used within its lifetime in 5 tries")
         with pytest.raises(Exception):  # and never in clear
             await banner(reply["url"].replace("wss://", "ws://", 1))
+        # several hypervisors: a token is good only at the proxy of the agent that issued it
+        (_jid, session_vm), _ = vms
+        here = await display(admin, session_vm)  # the session agent's (ws://, its own port)
+        there = await display(admin, full)
+        assert here["proxy"] != there["proxy"]
+        elsewhere = f"wss://{there['host']}:{there['proxy']}{here['path']}?token={here['token']}"
+        assert (await refused(elsewhere, ssl=context))[1].startswith("unknown console token")
+        elsewhere = f"ws://{here['host']}:{here['proxy']}{there['path']}?token={there['token']}"
+        assert (await refused(elsewhere))[1].startswith("unknown console token")
     finally:
         if jid:
             await admin.acp(handle.full_jid, HV_NS, "free", {"jid": jid})
