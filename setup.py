@@ -42,6 +42,8 @@ setup(
             "storage = archipelagent_modules.storage",
             "snapshots = archipelagent_modules.snapshots",
             "health = archipelagent_modules.health",
+            "oom = archipelagent_modules.oom",
+            "tags = archipelagent_modules.tags",
             "vnc = archipelagent_modules.vnc",
         ],
     },

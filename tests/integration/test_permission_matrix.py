@@ -42,6 +42,8 @@ SUBS = "archipel:subscription"
 DEF = "archipel:vm:definition"
 SNAP = "archipel:virtualmachine:snapshoting"
 DISK = "archipel:vm:disk"
+OOM = "archipel:vm:oom"
+TAGS = "archipel:tags"
 
 # Commands without a declared permission: their handler applies its own rule.
 NO_PERMISSION = {
@@ -134,6 +136,8 @@ ARGS = {
     (DISK, "resize"): lambda s: ({"name": s.names[-1], "size": "2", "unit": "M"}, []),
     (DISK, "convert"): lambda s: ({"name": s.names[-1], "format": "raw"}, []),
     (DISK, "setgolden"): lambda s: ({"name": s.names[-1], "golden": s.name("gold")}, []),
+    (OOM, "setadjust"): lambda s: ({"adjust": "3"}, []),
+    (TAGS, "settags"): lambda s: ({"tags": "matrix"}, []),
 }
 
 
