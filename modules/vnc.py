@@ -22,7 +22,8 @@ import xml.etree.ElementTree as ET
 
 from archipelagent.commands import CommandSet, element
 from archipelagent.console import ConsoleProxy, TargetRefused, TokenStore, read_config
-from archipelagent.console.proxy import console_path
+from archipelagent.config import ConfigError
+from archipelagent.console.proxy import available as proxy_available, console_path
 from archipelagent.commands.dispatch import TooManyRequests
 from archipelagent.errors import Conflict, NotFound, Unavailable
 
@@ -107,6 +108,9 @@ def service(agent) -> ConsoleService:
 
 async def setup(agent) -> None:
     cfg = read_config(agent.config)  # ConfigError stops the start, naming the key
+    missing = proxy_available()
+    if missing:
+        raise ConfigError(agent.config.path, "MODULES", "vnc", f"{missing}: install it, or set vnc = false")
     svc = ConsoleService(agent, cfg)
     agent.module_services[SERVICE] = svc
     try:

@@ -19,9 +19,13 @@ from http import HTTPStatus
 from typing import Awaitable, Callable
 from urllib.parse import parse_qs, urlsplit
 
-from websockets.asyncio.server import Server, ServerConnection, serve
+import websockets
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import CloseCode
+
+try:
+    from websockets.asyncio.server import Server, ServerConnection, serve
+except ImportError:  # websockets < 13 (Debian bookworm ships 10.4): the vnc module refuses to start
+    serve = None
 
 from .config import ConsoleConfig
 from .tokens import Grant, TokenRefused, TokenStore
@@ -33,6 +37,15 @@ MAX_CONNECTIONS = 256       # open consoles per agent
 MAX_MESSAGE = 1 << 20       # a VNC client's messages are small; noVNC's largest is a clipboard text
 CONNECT_TIMEOUT = 5.0       # to the VM's VNC server on loopback
 CHUNK = 1 << 16
+# close codes (RFC 6455)
+POLICY_VIOLATION, UNSUPPORTED_DATA, INTERNAL_ERROR, TRY_AGAIN_LATER = 1008, 1003, 1011, 1013
+
+
+def available() -> str | None:
+    """None when this ``websockets`` can run the proxy, else why not."""
+    if serve is None:
+        return f"the console proxy needs the Python package websockets >= 13 (found {websockets.__version__})"
+    return None
 
 
 class TargetRefused(Exception):
@@ -99,13 +112,13 @@ class ConsoleProxy:
         peer = _peer(ws)
         token = (parse_qs(url.query).get("token") or [None])[0]
         if self.active >= MAX_CONNECTIONS:  # before the token is spent: the user may retry with it
-            await ws.close(CloseCode.TRY_AGAIN_LATER, "too many consoles open on this hypervisor")
+            await ws.close(TRY_AGAIN_LATER, "too many consoles open on this hypervisor")
             return
         try:
             grant = self.tokens.consume(token, vm)
         except TokenRefused as exc:
             log.info("console: refused a connection to %s from %s: %s", vm, peer, exc.reason)
-            await ws.close(CloseCode.POLICY_VIOLATION, exc.reason)
+            await ws.close(POLICY_VIOLATION, exc.reason)
             return
         self.active += 1
         try:
@@ -119,11 +132,11 @@ class ConsoleProxy:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT)
         except TargetRefused as exc:
             log.info("console: %s on %s refused: %s", grant.user, grant.vm, exc.reason)
-            await ws.close(CloseCode.POLICY_VIOLATION, exc.reason[:120])
+            await ws.close(POLICY_VIOLATION, exc.reason[:120])
             return
         except (OSError, asyncio.TimeoutError) as exc:
             log.warning("console: %s: cannot reach the VNC server: %s", grant.vm, exc)
-            await ws.close(CloseCode.INTERNAL_ERROR, "the VM's VNC server does not answer")
+            await ws.close(INTERNAL_ERROR, "the VM's VNC server does not answer")
             return
         log.info("console: %s opened the console of %s from %s", grant.user, grant.vm, peer)
         try:
@@ -143,7 +156,7 @@ async def _pipe(ws: ServerConnection, reader: asyncio.StreamReader, writer: asyn
     async def upstream():
         async for message in ws:
             if isinstance(message, str):  # RFB is binary; a text frame is a confused client
-                await ws.close(CloseCode.UNSUPPORTED_DATA, "binary frames only")
+                await ws.close(UNSUPPORTED_DATA, "binary frames only")
                 return
             writer.write(message)
             await writer.drain()

@@ -164,3 +164,22 @@ def test_vnc_endpoint_is_loopback_only():
             ("", "no VNC display")):
         with pytest.raises(TargetRefused, match=reason):
             vnc_endpoint(domain(graphics))
+
+
+async def test_an_old_websockets_stops_the_start_with_a_clear_message(monkeypatch, tmp_path):
+    """Debian bookworm's websockets 10.4 has no asyncio server: the vnc module says so (exit 2)."""
+    from types import SimpleNamespace
+
+    from archipelagent.config import ConfigError
+    from archipelagent_modules import vnc
+
+    assert proxy_module.available() is None
+    monkeypatch.setattr(proxy_module, "serve", None)
+    monkeypatch.setattr(proxy_module.websockets, "__version__", "10.4")
+    agent = SimpleNamespace(config=SimpleNamespace(parser=None, path=tmp_path / "archipel.conf", machine_ip="auto"),
+                            module_services={})
+    with pytest.raises(ConfigError) as info:
+        await vnc.setup(agent)
+    assert str(info.value).endswith("[MODULES] vnc: the console proxy needs the Python package websockets >= 13 "
+                                    "(found 10.4): install it, or set vnc = false")
+    assert agent.module_services == {}
