@@ -25,6 +25,7 @@ import asyncio
 import collections
 import sqlite3
 import ssl
+import sys
 import time
 
 import slixmpp
@@ -74,21 +75,29 @@ def peak_rate(times: list[float]) -> int:
     return max(buckets.values()) if buckets else 0
 
 
+def step(text: str) -> None:
+    print(f"  [{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
 async def bench(n: int) -> None:
     async with running_agent() as (stack, agent, admin):
         clock = PresenceClock(admin)
         await asyncio.sleep(2)
         base_rss = rss_mib(agent.process.proc.pid)
         t0 = time.monotonic()
+        step(f"N={n}: allocating")
         jids = await alloc_many(admin, agent.full_jid, n, f"s{n}")
         await clock.wait_online(set(jids), t0, 900)
         alloc_s = time.monotonic() - t0
+        step(f"N={n}: allocated in {alloc_s:.1f} s; raw login storm")
         agent.process.stop()
         await asyncio.sleep(2)
         raw_s = await raw_login_storm(stack, vm_accounts(agent.lib_dir))
+        step(f"N={n}: raw storm {raw_s:.1f} s; agent restart")
         t1 = time.monotonic()
         agent.process.start()
         online_s = await clock.wait_online(set(jids), t1, 900)
+        step(f"N={n}: all online {online_s:.1f} s after the restart; ejabberd restart")
         await asyncio.sleep(5)  # let the entities finish their set-up (roster, vCard, pubsub)
         rss = rss_mib(agent.process.proc.pid)
         # (d) reconnect storm

@@ -80,6 +80,7 @@ async def info(ctx):
         "state": state, "maxMem": max_mem, "memory": memory, "nrVirtCpu": vcpus,
         "cpuPrct": f"{vm.cpu_percent(cpu_time):.1f}", "hypervisor": ctx.agent.hypervisor.full_jid,
         "autostart": "1" if autostart else "0",
+        "owner": vm.record.owner or "",  # who allocated it (the web client's teacher table)
     })
 
 

@@ -313,6 +313,7 @@ async def test_a_student_types_into_a_linux_guest_from_the_vm_page(web, stack, a
         item = contact(web, jid)
         await expect(item.locator(".status")).to_have_text("Running", timeout=30000)
         await item.locator("button.open").click()
+        await web.get_by_role("tab", name="Console").click()
         section = web.get_by_role("region", name="Console")
         await expect(section.get_by_role("button", name="Send Ctrl-Alt-Del to the VM")).to_be_disabled()
         await section.get_by_role("button", name="Connect").click()

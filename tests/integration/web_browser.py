@@ -63,6 +63,7 @@ async def screenshot(page, name: str) -> None:
     """With ARCHIPEL_SCREENSHOTS=1, save docs/screenshots/<name>.png from the test itself."""
     if os.environ.get("ARCHIPEL_SCREENSHOTS"):
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        await page.evaluate("window.scrollTo(0, 0)")  # the page as one arrives on it
         await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
 
 
@@ -84,3 +85,55 @@ async def login(page, jid: str, password: str, *, ws_url: str | None = None, bos
 
 def contact(page, jid: str):
     return page.locator(f'li.contact[data-jid="{jid}"]')
+
+
+class user_page:
+    """``async with user_page(browser, stack) as page``: a page of its own browser
+    context (a second person at another computer), with its errors in ``page.errors``."""
+
+    def __init__(self, browser, stack, width: int = 1280, height: int = 800):
+        self.browser, self.stack, self.size = browser, stack, {"width": width, "height": height}
+
+    async def __aenter__(self):
+        self.context = await self.browser.new_context(viewport=self.size)
+        page = await self.context.new_page()
+        page.errors = PageErrors()
+        page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+        await page.goto(self.stack.web_url)
+        return page
+
+    async def __aexit__(self, *exc):
+        await self.context.close()
+
+
+async def open_app(page, user: dict) -> None:
+    """Log in and wait until connected."""
+    import re
+    from playwright.async_api import expect
+    await login(page, user["jid"], user["password"])
+    await expect(page.locator("#conn-state")).to_have_text(re.compile(f"^Connected as {re.escape(user['jid'])}"))
+
+
+async def add_contact(page, jid: str) -> None:
+    from playwright.async_api import expect
+    await page.fill("#add-jid", jid)
+    await page.press("#add-jid", "Enter")
+    await expect(contact(page, jid)).to_have_count(1)
+
+
+async def open_contact(page, jid: str) -> None:
+    await contact(page, jid).locator("button.open").click()
+
+
+def tab(page, name: str):
+    """A tab of the entity page (exact name: "Disks", "Snapshots" …)."""
+    return page.locator("#entity-pane").get_by_role("tab", name=name, exact=True)
+
+
+def status_line(page):
+    return page.locator("#entity-pane .message")
+
+
+def error_line(page):
+    return page.locator("#entity-pane .entity-error")

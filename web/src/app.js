@@ -5,14 +5,20 @@ import { Roster } from "./roster.js";
 import { setupLogin } from "./login.js";
 import { setupRosterView } from "./roster-view.js";
 import { setupEntityView } from "./entity-view.js";
+import { Pushes } from "./pushes.js";
+import "./console-view.js"; // fills the VM page's Console tab (console-slot.js)
 
 const STATE_TEXT = { offline: "Offline", connecting: "Connecting…", online: "Connected", reconnecting: "Reconnecting…" };
 
 function main() {
   const session = new Session();
   const roster = new Roster(session);
-  const entity = setupEntityView(session, roster);
-  setupRosterView(roster, (item) => entity.show(item));
+  const pushes = new Pushes(session, roster);
+  const app = { session, roster, pushes, select: () => {} };
+  const entity = setupEntityView(app);
+  const rosterView = setupRosterView(roster, (item) => entity.show(item));
+  app.select = rosterView.select;
+  $("#open-table").addEventListener("click", () => { rosterView.select(null); entity.showTable(); });
 
   session.addEventListener("state", ({ detail }) => {
     const el = $("#conn-state");
@@ -37,7 +43,7 @@ function main() {
     $("#app-view").hidden = false;
     $("#roster-filter").focus();
   });
-  window.archipel = { session, roster }; // for the browser tests and the curious
+  window.archipel = { session, roster, pushes }; // for the browser tests and the curious
 }
 
 main();

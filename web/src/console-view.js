@@ -1,8 +1,10 @@
-// The Console section of a VM page: asks the VM for a one-time token
+// The Console tab of a VM page: asks the VM for a one-time token
 // (archipel:virtualmachine:vnc display) and connects noVNC to the agent's
 // WebSocket proxy with it. A token opens one connection: each Connect asks again.
+// Registered in console-slot.js; app.js imports this module once.
 import RFB from "@novnc/novnc";
 import { h } from "./dom.js";
+import { registerConsole } from "./console-slot.js";
 
 const NS_VNC = "archipel:virtualmachine:vnc";
 const XK = { Shift_L: 0xffe1, Return: 0xff0d, Tab: 0xff09, BackSpace: 0xff08 };
@@ -36,10 +38,10 @@ export function keysymOf(ch) {
 }
 
 /**
- * Mount the console of the VM `target()` names (its full JID) into a new section.
- * Returns the section; it disconnects by itself once it leaves the document.
+ * Fill `slot` (the VM page's <section id="console">) with the console of the VM
+ * `target()` names (its full JID). Returns the cleanup the page calls when it closes.
  */
-export function mountConsole(session, target) {
+export function mountConsole(slot, session, target) {
   injectStyle();
   let rfb = null;
   const status = h("p", { class: "console-status", role: "status", "aria-live": "polite", dataset: { state: "idle" } },
@@ -56,8 +58,8 @@ export function mountConsole(session, target) {
   const sendBtn = h("button", { type: "submit", disabled: true }, "Send text");
   const paste = h("form", { class: "console-paste", onsubmit: (ev) => { ev.preventDefault(); typeText(text.value); } },
     h("label", { for: "console-paste-text" }, "Paste (typed as keys)"), text, sendBtn);
-  const section = h("section", { class: "console card", "aria-label": "Console" },
-    h("h3", {}, "Console"),
+  slot.classList.add("console", "card");
+  slot.append(h("h3", {}, "Console"),
     h("div", { class: "console-bar", role: "group", "aria-label": "Console controls" },
       connectBtn, cadBtn, fullBtn, h("label", { class: "check", for: "console-scale" }, scale, " Scale to fit")),
     status, paste, screen);
@@ -95,7 +97,6 @@ export function mountConsole(session, target) {
     }
     setStatus("connecting", "Connecting to the console…");
     rfb = new RFB(screen, url, { shared: true });
-    watcher.observe(document.body, { childList: true, subtree: true });
     rfb.scaleViewport = scale.checked;
     rfb.background = "#111";
     rfb.addEventListener("connect", () => {
@@ -107,7 +108,6 @@ export function mountConsole(session, target) {
     });
     rfb.addEventListener("disconnect", (ev) => {
       rfb = null;
-      watcher.disconnect();
       connectBtn.textContent = "Connect";
       connectBtn.disabled = false;
       setConnected(false);
@@ -137,7 +137,7 @@ export function mountConsole(session, target) {
     rfb.focus();
   }
 
-  // leaving the page (another entity, logout) closes an open console
-  const watcher = new MutationObserver(() => { if (!section.isConnected) disconnect(); });
-  return section;
+  return disconnect; // the page closes (another entity, logout): so does an open console
 }
+
+registerConsole((slot, ctx) => mountConsole(slot, ctx.session, () => ctx.to()));

@@ -64,8 +64,16 @@ export function setupRosterView(roster, onSelect) {
     }
   }
 
+  // A login brings one change per vCard and per presence: draw once per frame.
+  let pending = false;
+  function scheduleRender() {
+    if (pending) return;
+    pending = true;
+    requestAnimationFrame(() => { pending = false; render(); });
+  }
+
   filter.addEventListener("input", render);
-  roster.addEventListener("change", render);
+  roster.addEventListener("change", scheduleRender);
   $("#add-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const jid = $("#add-jid").value.trim();
@@ -79,4 +87,5 @@ export function setupRosterView(roster, onSelect) {
     }
   });
   render();
+  return { select(jid) { selected = jid; render(); } };
 }

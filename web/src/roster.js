@@ -107,12 +107,14 @@ export class Roster extends EventTarget {
     const item = this.items.get(bare);
     if (!item) return;
     const res = Strophe.getResourceFromJid(from) || "";
+    const before = this.presence(item).status;
     if (type === "unavailable") item.resources.delete(res);
     else {
       const show = p.getElementsByTagName("show")[0];
       const status = p.getElementsByTagName("status")[0];
       item.resources.set(res, { show: show ? show.textContent : "", status: status ? status.textContent : "" });
     }
+    if (this.presence(item).status !== before) item.changedAt = new Date(); // "last change" of the teacher table
     this._changed();
   }
 

@@ -1,8 +1,9 @@
 // One XMPP session for the page: WebSocket first, BOSH as the fallback,
 // automatic reconnection with a visible state. Knows nothing of the UI.
-import { Strophe, $iq, $pres } from "strophe.js";
+import { Strophe, $iq, $pres, $msg } from "strophe.js";
 
 export const NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas";
+export const NS_PUBSUB = "http://jabber.org/protocol/pubsub";
 const S = Strophe.Status;
 const RECONNECT_DELAYS = [1, 2, 4, 8, 15]; // seconds, the last one repeats
 const CONNECT_TIMEOUT_MS = 10000; // a transport that gives no answer in this time is unreachable
@@ -44,6 +45,7 @@ export class Session extends EventTarget {
 
   get jid() { return this.conn ? this.conn.jid : ""; }
   get bareJid() { return this._creds ? Strophe.getBareJidFromJid(this._creds.jid) : ""; }
+  get domain() { return this._creds ? Strophe.getDomainFromJid(this._creds.jid) : ""; }
 
   _setState(state, detail = "") {
     this.state = state;
@@ -51,7 +53,14 @@ export class Session extends EventTarget {
   }
 
   /** Handler for incoming stanzas, kept across reconnections. fn returns nothing. */
-  on(fn, ns, name, type) { this._handlers.push([fn, ns, name, type]); }
+  on(fn, ns, name, type) {
+    this._handlers.push([fn, ns, name, type]);
+    if (this.conn) this._install(this.conn, [fn, ns, name, type]); // added while online: from now on too
+  }
+
+  _install(conn, [fn, ns, name, type]) {
+    conn.addHandler((st) => { try { fn(st); } catch (e) { console.warn(e); } return true; }, ns, name, type);
+  }
 
   /** Log in. Resolves once online; rejects with Error(kind) where kind is a LOGIN_ERRORS key. */
   async login(jid, password, { wsUrl, boshUrl }) {
@@ -131,9 +140,7 @@ export class Session extends EventTarget {
           clearTimeout(timeout);
           this.conn = conn;
           this.transport = name;
-          for (const [fn, ns, nm, type] of this._handlers) {
-            conn.addHandler((st) => { try { fn(st); } catch (e) { console.warn(e); } return true; }, ns, nm, type);
-          }
+          for (const handler of this._handlers) this._install(conn, handler);
           this._setState("online"); // the roster sends the initial presence once it has loaded
           resolve();
         } else if (status === S.AUTHFAIL) {
@@ -181,12 +188,29 @@ export class Session extends EventTarget {
     });
   }
 
-  /** Archipel's ACP: <query xmlns=ns><archipel action=.../></query>; resolves with the <query>. */
-  async acp(to, ns, action, attrs = {}, type = "get") {
+  /** Archipel's ACP: <query xmlns=ns><archipel action=.../></query>; resolves with the <query>.
+   * children: DOM elements put inside <archipel> (a <domain>, <permission/>s, <item/>s). */
+  async acp(to, ns, action, attrs = {}, type = "get", children = [], timeoutMs = 30000) {
     const stanza = $iq({ to, type }).c("query", { xmlns: ns }).c("archipel", { action, ...attrs });
-    const reply = await this.iq(stanza);
+    for (const child of children) stanza.cnode(child).up();
+    const reply = await this.iq(stanza, timeoutMs);
     return reply.getElementsByTagNameNS(ns, "query")[0] || null;
+  }
+
+  /** The payload elements of an ACP reply (the children of its <query>). */
+  async acpItems(to, ns, action, attrs = {}, type = "get", children = []) {
+    const q = await this.acp(to, ns, action, attrs, type, children);
+    return q ? [...q.children] : [];
+  }
+
+  /** XEP-0199 ping: resolves when ``to`` answers (the bench's floor for a round trip). */
+  ping(to) { return this.iq($iq({ to, type: "get" }).c("ping", { xmlns: "urn:xmpp:ping" })); }
+
+  /** Subscribe this account (bare JID, as Archipel's client does) to a pubsub node. */
+  subscribe(service, node) {
+    return this.iq($iq({ to: service, type: "set" }).c("pubsub", { xmlns: NS_PUBSUB })
+      .c("subscribe", { node, jid: this.bareJid }));
   }
 }
 
-export { Strophe, $iq, $pres };
+export { Strophe, $iq, $pres, $msg };
