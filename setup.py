@@ -25,6 +25,7 @@ setup(
         "lxml>=4.9",
         "aiosqlite>=0.19",
         "prometheus-client>=0.17",
+        "websockets>=13.0",  # the console proxy (archipelagent/console/proxy.py)
     ],
     extras_require={
         "test": ["pytest>=7.4", "pytest-asyncio>=0.23", "pytest-timeout>=2.2",
@@ -43,6 +44,7 @@ setup(
             "health = archipelagent_modules.health",
             "oom = archipelagent_modules.oom",
             "tags = archipelagent_modules.tags",
+            "vnc = archipelagent_modules.vnc",
         ],
     },
 )

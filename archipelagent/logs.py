@@ -12,7 +12,8 @@ SECRET_PATTERNS = [
     # SASL (slixmpp logs every stanza at debug): the base64 of PLAIN is the password,
     # and SCRAM's client messages carry the proof; challenges/success carry none.
     re.compile(r"(<(?:\w+:)?(?:auth|response)\b[^>]*>)[^<]*(</(?:\w+:)?(?:auth|response)>)"),
-    re.compile(r"((?:password|passwd|secret)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+", re.IGNORECASE),
+    # …=value / …: value; token: console tokens in URLs (websockets logs request lines at debug)
+    re.compile(r"((?:password|passwd|secret|token)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+", re.IGNORECASE),
 ]
 
 

@@ -112,10 +112,12 @@ def cmd_demo(args) -> int:
                                      log_file=agent_dir / "agent.log",
                                      overrides={"HYPERVISOR": {"hypervisor_name": DEMO_HYPERVISOR_NAME},
                                                 "LDAP": st.agent_ldap_settings(),
-                                                "METRICS": {"metrics_address": f"127.0.0.1:{st.metrics_port}"}})
+                                                "METRICS": {"metrics_address": f"127.0.0.1:{st.metrics_port}"},
+                                                "VNC": {"vnc_proxy_port": st.console_port}})
         summary = st.write_summary(st.state_dir / "demo.json", hypervisor_jid=st.hypervisor_jid,
                                    hypervisor_full_jid=f"{st.hypervisor_jid}/{DEMO_HYPERVISOR_NAME}",
-                                   agent_config=str(conf), metrics_url=f"http://127.0.0.1:{st.metrics_port}/metrics")
+                                   agent_config=str(conf), metrics_url=f"http://127.0.0.1:{st.metrics_port}/metrics",
+                                   console_proxy=f"ws://127.0.0.1:{st.console_port}/vnc/")
         print(f"rig demo: stack up, summary in {summary}", flush=True)
         for u in st.users:
             print(f"  {u['role']:<9} {u['jid']:<24} password {u['password']}", flush=True)
@@ -123,6 +125,8 @@ def cmd_demo(args) -> int:
         print(f"  metrics http://127.0.0.1:{st.metrics_port}/metrics (Prometheus)", flush=True)
         print(f"  Web client {st.web_url}  ({st.domain} must resolve to 127.0.0.1: /etc/hosts, or "
               f"chromium --host-resolver-rules='MAP {st.domain} 127.0.0.1')", flush=True)
+        print(f"  VM consoles: the Console section of a running VM's page (proxy ws://127.0.0.1:{st.console_port}, "
+              "one-time tokens from archipel:virtualmachine:vnc display)", flush=True)
         cmd = [sys.executable, "-m", "archipelagent", "--config", str(conf)]
         print(f"rig demo: running {' '.join(cmd)} (Ctrl-C stops agent and stack)", flush=True)
         agent = subprocess.Popen(cmd, cwd=REPO, start_new_session=True)

@@ -376,6 +376,11 @@ class Stack:
         """The demo agent's Prometheus endpoint (demo 9474, test 19474, …: beside the profile's c2s port)."""
         return self.c2s_port + 4252
 
+    @property
+    def console_port(self) -> int:
+        """The demo agent's console proxy, [VNC] vnc_proxy_port (demo 6900, test 16900, …)."""
+        return self.c2s_port + 1678
+
     def write_agent_config(self, path: Path | str, *, hypervisor_jid: str = f"hypervisor@{DOMAIN}",
                            hypervisor_password: str, lib_dir: Path | str, log_file: Path | str | None = None,
                            overrides: dict[str, dict[str, str]] | None = None) -> Path:
@@ -414,6 +419,7 @@ class Stack:
             Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         put("LOGGING", "logging_file_path", log_file or "")
         put("METRICS", "metrics_address", "")  # agents of one rig would share a port: off unless overridden
+        put("VNC", "vnc_proxy_port", 0)  # the console proxy on any free port (display says which)
         for section, values in (overrides or {}).items():
             for key, value in values.items():
                 put(section, key, value)

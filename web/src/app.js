@@ -6,6 +6,7 @@ import { setupLogin } from "./login.js";
 import { setupRosterView } from "./roster-view.js";
 import { setupEntityView } from "./entity-view.js";
 import { Pushes } from "./pushes.js";
+import "./console-view.js"; // fills the VM page's Console tab (console-slot.js)
 
 const STATE_TEXT = { offline: "Offline", connecting: "Connecting…", online: "Connected", reconnecting: "Reconnecting…" };
 
