@@ -42,6 +42,8 @@ SUBS = "archipel:subscription"
 DEF = "archipel:vm:definition"
 SNAP = "archipel:virtualmachine:snapshoting"
 DISK = "archipel:vm:disk"
+SCHED = "archipel:entity:scheduler"
+FAR = {"year": "2099", "month": "1", "day": "1", "hour": "0", "minute": "0", "second": "0"}
 
 # Commands without a declared permission: their handler applies its own rule.
 NO_PERMISSION = {
@@ -65,6 +67,7 @@ EXPECTED: dict[tuple[str, str], set[int]] = {
     (SNAP, "take"): {-49},             # no qcow2 disk to snapshot
     (SNAP, "delete"): {-47},           # no such snapshot
     (SNAP, "revert"): {-47},
+    (SCHED, "unschedule"): {-47},      # no such job
 }
 
 
@@ -76,6 +79,7 @@ class Scene:
     vm: str = ""                 # bare JID of the VM the command acts on
     domain: ET.Element | None = None
     dummy: str = ""              # a JID nobody uses
+    kind: str = ""               # of the entity the request goes to
     names: list = field(default_factory=list)
 
     @property
@@ -127,6 +131,9 @@ ARGS = {
     (SNAP, "take"): lambda s: ({"name": s.name("snap")}, []),
     (SNAP, "delete"): lambda s: ({"name": "no-such-snapshot"}, []),
     (SNAP, "revert"): lambda s: ({"name": "no-such-snapshot"}, []),
+    # a job on the VM (destroy) or on the hypervisor (free of the VM); its right is given by PREPARE
+    (SCHED, "schedule"): lambda s: ({"job": "destroy", **FAR} if s.kind == "vm" else {"job": "free", "param": s.vm, **FAR}, []),
+    (SCHED, "unschedule"): lambda s: ({"uid": "no-such-job"}, []),
     (DISK, "create"): lambda s: ({"name": _disk(s), "size": "1", "unit": "M", "format": "qcow2"}, []),
     (DISK, "delete"): lambda s: ({"name": s.names[-1]}, []),
     (DISK, "rename"): lambda s: ({"name": s.names[-1], "newname": _disk(s, "r")}, []),
@@ -147,8 +154,18 @@ async def _prepare_disk(admin, hv, s: Scene) -> None:
     s.names[-1] = name
 
 
+async def _prepare_job_right(admin, hv, s: Scene) -> None:
+    """Scheduling needs the right to do the job too: the caller gets it (a stranger still lacks the scheduler's)."""
+    if s.kind == "vm":
+        await grant(admin, vm_full(s.vm, hv.split("/")[0]), s.sender, "destroy")
+    else:
+        await grant(admin, hv, s.sender, "free")
+        await grant(admin, vm_full(s.vm, hv.split("/")[0]), s.sender, VM_PERMISSIONS["free"])
+
+
 # Requests that need something made first (by the admin), per call.
 PREPARE = {
+    (SCHED, "schedule"): _prepare_job_right,
     (PERMS, "delrole"): _prepare_role,
     **{(DISK, action): _prepare_disk for action in ("delete", "rename", "resize", "convert", "setgolden")},
 }
@@ -255,7 +272,7 @@ async def test_hypervisor_matrix(agent, admin, new_user, stack):
                 return fresh
 
             async def run(client, who: str, scene_target: str):
-                scene = Scene(sender=client.jid, vm=scene_target, dummy=dummy)
+                scene = Scene(sender=client.jid, vm=scene_target, dummy=dummy, kind="hypervisor")
                 if key in PREPARE:
                     scene.names.append("")
                     await PREPARE[key](admin, hv, scene)
@@ -304,7 +321,7 @@ async def test_vm_matrix(agent, admin, new_user, stack):
             destructive = key in DESTRUCTIVE_VM
 
             async def run(client, full: str):
-                scene = Scene(sender=client.jid, vm=full.split("/")[0], dummy=dummy,
+                scene = Scene(sender=client.jid, vm=full.split("/")[0], dummy=dummy, kind="vm",
                               domain=await _definition(admin, full) if key == (DEF, "define") else None)
                 if key in PREPARE:
                     scene.names.append("")
