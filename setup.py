@@ -42,6 +42,7 @@ setup(
             "snapshots = archipelagent_modules.snapshots",
             "health = archipelagent_modules.health",
             "scheduler = archipelagent_modules.scheduler",
+            "vmparking = archipelagent_modules.vmparking",
         ],
     },
 )

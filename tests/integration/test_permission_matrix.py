@@ -43,6 +43,9 @@ DEF = "archipel:vm:definition"
 SNAP = "archipel:virtualmachine:snapshoting"
 DISK = "archipel:vm:disk"
 SCHED = "archipel:entity:scheduler"
+HV_PARK = "archipel:hypervisor:vmparking"
+VM_PARK = "archipel:vm:vmparking"
+NO_SUCH_VM = str(uuidlib.UUID(int=1))
 FAR = {"year": "2099", "month": "1", "day": "1", "hour": "0", "minute": "0", "second": "0"}
 
 # Commands without a declared permission: their handler applies its own rule.
@@ -68,6 +71,8 @@ EXPECTED: dict[tuple[str, str], set[int]] = {
     (SNAP, "delete"): {-47},           # no such snapshot
     (SNAP, "revert"): {-47},
     (SCHED, "unschedule"): {-47},      # no such job
+    (HV_PARK, "unpark"): {-47},        # no such parked VM (test_parking.py parks and unparks)
+    (HV_PARK, "updatexml"): {-47},
 }
 
 
@@ -134,6 +139,9 @@ ARGS = {
     # a job on the VM (destroy) or on the hypervisor (free of the VM); its right is given by PREPARE
     (SCHED, "schedule"): lambda s: ({"job": "destroy", **FAR} if s.kind == "vm" else {"job": "free", "param": s.vm, **FAR}, []),
     (SCHED, "unschedule"): lambda s: ({"uid": "no-such-job"}, []),
+    (HV_PARK, "park"): lambda s: ({}, [_item("item", uuid=s.uuid)]),
+    (HV_PARK, "unpark"): lambda s: ({}, [_item("item", identifier=NO_SUCH_VM)]),
+    (HV_PARK, "updatexml"): lambda s: ({}, [_domain_item()]),
     (DISK, "create"): lambda s: ({"name": _disk(s), "size": "1", "unit": "M", "format": "qcow2"}, []),
     (DISK, "delete"): lambda s: ({"name": s.names[-1]}, []),
     (DISK, "rename"): lambda s: ({"name": s.names[-1], "newname": _disk(s, "r")}, []),
@@ -154,6 +162,17 @@ async def _prepare_disk(admin, hv, s: Scene) -> None:
     s.names[-1] = name
 
 
+def _domain_item() -> ET.Element:
+    el = _item("item", identifier=NO_SUCH_VM)
+    el.append(_item("domain", type="kvm"))
+    return el
+
+
+async def _prepare_vm_park_right(admin, hv, s: Scene) -> None:
+    """Parking from the hypervisor needs vmparking_park on the VM too (the stranger still lacks the hypervisor's)."""
+    await grant(admin, vm_full(s.vm, hv.split("/")[0]), s.sender, "vmparking_park")
+
+
 async def _prepare_job_right(admin, hv, s: Scene) -> None:
     """Scheduling needs the right to do the job too: the caller gets it (a stranger still lacks the scheduler's)."""
     if s.kind == "vm":
@@ -166,14 +185,15 @@ async def _prepare_job_right(admin, hv, s: Scene) -> None:
 # Requests that need something made first (by the admin), per call.
 PREPARE = {
     (SCHED, "schedule"): _prepare_job_right,
+    (HV_PARK, "park"): _prepare_vm_park_right,
     (PERMS, "delrole"): _prepare_role,
     **{(DISK, action): _prepare_disk for action in ("delete", "rename", "resize", "convert", "setgolden")},
 }
 
 # Hypervisor actions that remove or adopt the VM they name: a fresh VM for each allowed call.
-DESTRUCTIVE_HV = {(HV_NS, "free"), (HV_NS, "unmanage"), (HV_NS, "manage")}
+DESTRUCTIVE_HV = {(HV_NS, "free"), (HV_NS, "unmanage"), (HV_NS, "manage"), (HV_PARK, "park")}
 # Run on a fresh VM for each allowed caller (they destroy the VM they run on).
-DESTRUCTIVE_VM = {(CONTROL, "free"), (DEF, "undefine")}
+DESTRUCTIVE_VM = {(CONTROL, "free"), (DEF, "undefine"), (VM_PARK, "park")}
 
 
 def registry():
