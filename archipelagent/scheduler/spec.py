@@ -21,6 +21,8 @@ BOUNDS = {"year": (1970, 9999), "month": (1, 12), "day": (1, 31), "hour": (0, 23
 YEARS_AHEAD = 9  # a periodic job with year "*" is searched this many years ahead (covers 29 February)
 _PART = re.compile(r"^(?:(\*)|(\d{1,4})(?:-(\d{1,4}))?)(?:/(\d{1,4}))?$")
 MAX_FIELD = 64  # characters; a field is a short expression
+MIN_PERIOD = 60  # seconds between two firings of a periodic job: each one is a command, audited
+PERIOD_PROBES = 8  # firings looked at to check MIN_PERIOD
 
 
 def _parse_field(name: str, raw: str) -> tuple[int, ...] | None:
@@ -111,8 +113,16 @@ def parse_spec(fields: dict[str, str], now: float) -> Spec:
     allowed = tuple(_parse_field(name, value) for name, value in zip(FIELDS, raw))
     spec = Spec(raw=raw, allowed=allowed)
     if spec.periodic:
-        if spec.next_after(now) is None:
+        previous = spec.next_after(now)
+        if previous is None:
             raise InvalidArgument("year", f"{spec.text()} never comes")
+        for _ in range(PERIOD_PROBES):
+            following = spec.next_after(previous)
+            if following is None:
+                break
+            if following - previous < MIN_PERIOD:
+                raise InvalidArgument("second", f"{spec.text()} fires more often than once every {MIN_PERIOD} s")
+            previous = following
     else:
         when = spec.first_date()
         if when.timestamp() <= now:

@@ -57,6 +57,8 @@ def test_the_29th_of_february_is_found_years_ahead():
     (fields("2026", "12", "4", "14", "59"), "year"),      # in the past
     (fields("2025", "*", "*", "*", "*"), "year"),         # never comes
     (fields("*", "2", "30", "*", "*"), "year"),           # never comes
+    (fields("*", "*", "*", "*", "*", "*/10"), "second"),  # more often than once a minute
+    (fields("*", "*", "*", "*", "*/5", "0,30"), "second"),
 ])
 def test_bad_dates_are_refused_naming_the_field(bad, name):
     with pytest.raises(InvalidArgument) as err:
