@@ -40,6 +40,7 @@ setup(
         "archipelagent.modules": [
             "storage = archipelagent_modules.storage",
             "snapshots = archipelagent_modules.snapshots",
+            "classes = archipelagent_modules.classes",
             "health = archipelagent_modules.health",
             "scheduler = archipelagent_modules.scheduler",
             "vmparking = archipelagent_modules.vmparking",

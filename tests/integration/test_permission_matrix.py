@@ -46,6 +46,8 @@ SCHED = "archipel:entity:scheduler"
 HV_PARK = "archipel:hypervisor:vmparking"
 VM_PARK = "archipel:vm:vmparking"
 NO_SUCH_VM = str(uuidlib.UUID(int=1))
+CLASSES = "archipel:hypervisor:classes"
+VM_CLASSES = "archipel:vm:classes"
 FAR = {"year": "2099", "month": "1", "day": "1", "hour": "0", "minute": "0", "second": "0"}
 
 # Commands without a declared permission: their handler applies its own rule.
@@ -73,6 +75,8 @@ EXPECTED: dict[tuple[str, str], set[int]] = {
     (SCHED, "unschedule"): {-47},      # no such job
     (HV_PARK, "unpark"): {-47},        # no such parked VM (test_parking.py parks and unparks)
     (HV_PARK, "updatexml"): {-47},
+    **{(CLASSES, a): {-47} for a in ("report", "start", "stop", "reset", "delete")},  # no such class
+    (VM_CLASSES, "reset"): {-47},      # in no class (test_classes.py resets for real)
 }
 
 
@@ -142,6 +146,11 @@ ARGS = {
     (HV_PARK, "park"): lambda s: ({}, [_item("item", uuid=s.uuid)]),
     (HV_PARK, "unpark"): lambda s: ({}, [_item("item", identifier=NO_SUCH_VM)]),
     (HV_PARK, "updatexml"): lambda s: ({}, [_domain_item()]),
+    # a real provisioning of the students group; each student's VM is refused (no golden image, no alloc
+    # right for the granted user) and freed again: the reply lists them as refused
+    (CLASSES, "provision"): lambda s: ({"name": f"mx{uuidlib.uuid4().hex[:8]}", "group": "students",
+                                        "golden": "no-such-golden", "role": s.names[-1]}, []),
+    **{(CLASSES, a): (lambda s: ({"name": "mxnosuchclass"}, [])) for a in ("report", "start", "stop", "reset", "delete")},
     (DISK, "create"): lambda s: ({"name": _disk(s), "size": "1", "unit": "M", "format": "qcow2"}, []),
     (DISK, "delete"): lambda s: ({"name": s.names[-1]}, []),
     (DISK, "rename"): lambda s: ({"name": s.names[-1], "newname": _disk(s, "r")}, []),
@@ -186,6 +195,7 @@ async def _prepare_job_right(admin, hv, s: Scene) -> None:
 PREPARE = {
     (SCHED, "schedule"): _prepare_job_right,
     (HV_PARK, "park"): _prepare_vm_park_right,
+    (CLASSES, "provision"): _prepare_role,
     (PERMS, "delrole"): _prepare_role,
     **{(DISK, action): _prepare_disk for action in ("delete", "rename", "resize", "convert", "setgolden")},
 }

@@ -13,7 +13,7 @@ import libvirt
 import pytest
 
 from agent_fixtures import admin_client, grant, second_agent
-from vm_helpers import CONTROL, HV_NS, alloc, unique_name, vm_full, wait_libvirt_state, wait_vm_ready
+from vm_helpers import CONTROL, HV_NS, alloc, libvirt_state, unique_name, vm_full, wait_libvirt_state, wait_vm_ready
 from xmpp_client import AcpError
 
 NS = "archipel:entity:scheduler"
@@ -123,8 +123,7 @@ async def test_the_right_is_checked_again_when_the_job_fires(agent, admin, new_u
             break
         await asyncio.sleep(0.2)
     assert [(r.get("sender"), r.get("outcome")) for r in runs] == [(user.jid, "denied")]
-    assert await asyncio.to_thread(lambda: libvirt.open(stack.libvirt_uri).lookupByUUIDString(uuid).state()[0]) \
-        == libvirt.VIR_DOMAIN_RUNNING
+    assert await asyncio.to_thread(libvirt_state, stack, uuid) == libvirt.VIR_DOMAIN_RUNNING
     await admin.acp(agent.full_jid, HV_NS, "free", {"jid": jid})
 
 
@@ -170,8 +169,7 @@ async def test_a_job_due_while_the_agent_is_down_fires_once_after_restart(stack)
         handle.process.stop()
         await until(when + datetime.timedelta(seconds=1))
         # it came due while the agent was down (had it fired before the stop, the VM would be off)
-        assert await asyncio.to_thread(lambda: libvirt.open(stack.libvirt_uri).lookupByUUIDString(uuid).state()[0]) \
-            == libvirt.VIR_DOMAIN_RUNNING
+        assert await asyncio.to_thread(libvirt_state, stack, uuid) == libvirt.VIR_DOMAIN_RUNNING
         handle.process.start()
         await handle.wait_ready(admin)
         await wait_libvirt_state(stack, uuid, libvirt.VIR_DOMAIN_SHUTOFF, timeout=60)
