@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime
 import logging
 import re
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from archipelagent.commands import Arg, CommandSet, element
 from archipelagent.errors import ArchipelError, Conflict, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from archipelagent.permissions.store import ROLE_USER
 from archipelagent.sqlite import open_private_db
+from archipelagent.scheduler import spec_at
 from archipelagent.values import parse_yes as bool_yes, validate_name
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,7 @@ ROOT_DISK = "root.qcow2"
 CLASS_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS classes (name TEXT PRIMARY KEY, grp TEXT NOT NULL, golden TEXT NOT NULL, "
-    "role TEXT NOT NULL, teacher TEXT NOT NULL, created TEXT NOT NULL)",
+    "role TEXT NOT NULL, teacher TEXT NOT NULL, created TEXT NOT NULL, expiry REAL, warn TEXT, grace REAL)",
     "CREATE TABLE IF NOT EXISTS members (class TEXT NOT NULL, uid TEXT NOT NULL, uuid TEXT NOT NULL, "
     "definition TEXT NOT NULL, changed TEXT NOT NULL, PRIMARY KEY (class, uid))",
 )
@@ -75,13 +77,19 @@ class Classes:
             self.db = None
 
     async def get(self, name: str) -> dict | None:
-        async with self.db.execute("SELECT name, grp, golden, role, teacher, created FROM classes WHERE name = ?",
-                                   (name,)) as cur:
+        async with self.db.execute("SELECT name, grp, golden, role, teacher, created, expiry, warn, grace FROM classes "
+                                   "WHERE name = ?", (name,)) as cur:
             row = await cur.fetchone()
-        return dict(zip(("name", "group", "golden", "role", "teacher", "created"), row)) if row else None
+        keys = ("name", "group", "golden", "role", "teacher", "created", "expiry", "warn", "grace")
+        return dict(zip(keys, row)) if row else None
 
     async def add(self, name, group, golden, role, teacher) -> None:
-        await self.db.execute("INSERT INTO classes VALUES (?, ?, ?, ?, ?, ?)", (name, group, golden, role, teacher, _now()))
+        await self.db.execute("INSERT INTO classes (name, grp, golden, role, teacher, created) VALUES (?, ?, ?, ?, ?, ?)",
+                              (name, group, golden, role, teacher, _now()))
+        await self.db.commit()
+
+    async def set_lease(self, name, expiry: float, warn: str, grace: float) -> None:
+        await self.db.execute("UPDATE classes SET expiry = ?, warn = ?, grace = ? WHERE name = ?", (expiry, warn, grace, name))
         await self.db.commit()
 
     async def remove(self, name: str) -> None:
@@ -271,6 +279,8 @@ async def provision(ctx, name, group, golden, role):
         except ArchipelError as exc:  # one refused student (quota, name) does not stop the others
             out.append(element("vm", {"student": uid, "status": "refused", "error": exc.message, "code": exc.code}))
             continue
+        if cls.get("expiry"):
+            await plan_lease(agent, cls, made["jid"])
         out.append(element("vm", {"student": uid, "status": "created", "jid": made["jid"], "name": made["name"]}))
     return out
 
@@ -302,7 +312,8 @@ async def report(ctx, name):
         entity = ctx.agent.vms.entities.get(m["uuid"])
         out.append(element("vm", {"student": m["uid"], "jid": entity.jid if entity else None,
                                   "name": entity.name if entity else f"{name}-{m['uid']}",
-                                  "state": await _state(ctx.agent, m["uuid"]), "changed": m["changed"]}))
+                                  "state": await _state(ctx.agent, m["uuid"]), "changed": m["changed"],
+                                  "expiry": _iso(cls["expiry"]) if cls.get("expiry") else None}))
     return out
 
 
@@ -382,6 +393,7 @@ async def delete(ctx, name):
     classes = store(ctx.agent)
 
     async def each(cls, member):
+        await drop_lease(ctx.agent, ctx.agent.vms.jid_for(member["uuid"]))
         if member["uuid"] in ctx.agent.vms.entities:
             await act(ctx.agent, ctx.agent.hypervisor, HV_CONTROL, "free", cls["teacher"], {"jid": member["uuid"]})
         await classes.remove_member(cls["name"], member["uid"])
@@ -401,4 +413,116 @@ async def reset_one(ctx, force):
         raise NotFound("this VM belongs to no class")
     cls, member = found
     await reset_vm(ctx.agent, cls, member, force)
+    return []
+
+
+# ------------------------------------------------------------------ leases (jobs of the scheduler)
+LEASE_JOBS = {"lease-warn", "lease-shutoff"}  # on the VM
+TRASH_JOB = "lease-trash"                     # on the hypervisor: free of the VM
+DURATION = re.compile(r"^(\d{1,6})([smhd])$")
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(value: str) -> float:
+    m = DURATION.match((value or "").strip())
+    if not m:
+        raise ValueError(f"expected a duration such as 30m, 2h or 7d, got {value!r}")
+    return float(int(m.group(1)) * UNITS[m.group(2)])
+
+
+def _durations(value: str) -> str:
+    parts = [p.strip() for p in (value or "").split(",") if p.strip()]
+    if len(parts) > 5:
+        raise ValueError("at most 5 warnings")
+    for p in parts:
+        _duration(p)
+    return ",".join(parts)
+
+
+def _expiry(value: str) -> float:
+    """``+2h``-style from now, or a local ISO date (``2026-12-24T18:00``)."""
+    value = (value or "").strip()
+    if value.startswith("+"):
+        return time.time() + _duration(value[1:])
+    try:
+        return datetime.datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        raise ValueError(f"expected +<duration> or an ISO date, got {value!r}") from None
+
+
+def _iso(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts).isoformat(timespec="seconds")
+
+
+def _scheduler(agent):
+    found = agent.module_services.get("scheduler")
+    if found is None:
+        raise Unavailable("leases need the scheduler module")
+    return found
+
+
+async def drop_lease(agent, vm_jid: str) -> None:
+    sched = _scheduler(agent)
+    await sched.remove_named(vm_jid, LEASE_JOBS)
+    await sched.remove_named(agent.hypervisor.jid, {TRASH_JOB}, {"jid": vm_jid})
+
+
+async def plan_lease(agent, cls: dict, vm_jid: str) -> None:
+    """The lease's jobs for one VM, as the teacher: warnings, shut-off at expiry, trash after the grace."""
+    sched, now, teacher = _scheduler(agent), time.time(), cls["teacher"]
+    await drop_lease(agent, vm_jid)
+    expiry, grace = cls["expiry"], cls["grace"]
+    note = f"lease of class {cls['name']} until {_iso(expiry)}"
+    for before in (cls.get("warn") or "").split(","):
+        when = expiry - _duration(before) if before else None
+        if when is not None and when > now + 1:
+            await sched.add(entity=vm_jid, job="lease-warn", namespace=VM_NS, action="leasewarn",
+                            args={"expiry": _iso(expiry)}, owner=teacher, spec=spec_at(when), comment=note)
+    if expiry > now + 1:
+        await sched.add(entity=vm_jid, job="lease-shutoff", namespace=VM_CONTROL, action="destroy", args={},
+                        owner=teacher, spec=spec_at(expiry), comment=note)
+    if expiry + grace > now + 1:
+        await sched.add(entity=agent.hypervisor.jid, job=TRASH_JOB, namespace=HV_CONTROL, action="free",
+                        args={"jid": vm_jid}, owner=teacher, spec=spec_at(expiry + grace), comment=note)
+
+
+@commands.command(NS, "lease", kinds=("hypervisor",), permission="class_lease",
+                  permission_description="Set or extend the lease of one's class",
+                  args=(Arg("name", parse=_class_name),
+                        Arg("expiry", parse=_expiry, help="+<duration> (30m, 2h, 7d) or a local ISO date"),
+                        Arg("warn", parse=_durations, required=False, default="24h,1h",
+                            help="warn the student this long before (comma list)"),
+                        Arg("grace", parse=_duration, required=False, default=7 * 86400.0,
+                            help="after the expiry, the VM goes to the trash after this long")),
+                  chat=("class lease",), chat_render=lambda p: f"Lease until {p[0].get('expiry')}.",
+                  help="give the class an expiry: warnings by chat and push, shut off at expiry, trash after the grace")
+async def lease(ctx, name, expiry, warn, grace):
+    cls = await _class(ctx, name)
+    if expiry <= time.time():
+        raise InvalidArgument("expiry", f"{_iso(expiry)} is in the past")
+    await store(ctx.agent).set_lease(name, expiry, warn, grace)
+    cls = await store(ctx.agent).get(name)
+    for member in await store(ctx.agent).members(name):
+        if member["uuid"] in ctx.agent.vms.entities:
+            await plan_lease(ctx.agent, cls, ctx.agent.vms.jid_for(member["uuid"]))
+    return [element("lease", {"class": name, "expiry": _iso(expiry), "warn": warn, "grace": int(grace)})]
+
+
+@commands.command(VM_NS, "leasewarn", kinds=("vm",), permission="class_lease",
+                  permission_description="Warn this class VM's student of its lease",
+                  args=(Arg("expiry", help="the expiry to announce"),), adhoc=False,
+                  help="tell the student (chat) and subscribers (push) when this VM's lease ends")
+async def leasewarn(ctx, expiry):
+    found = await store(ctx.agent).member_of_vm(ctx.entity.uuid)
+    if found is None:
+        raise NotFound("this VM belongs to no class")
+    cls, member = found
+    text = (f"{ctx.entity.name}: this virtual machine's lease ends at {expiry}; it will then be shut off, "
+            f"and moved to the trash later. Ask {cls['teacher']} to extend it.")
+    for to in {f"{member['uid']}@{ctx.agent.config.domain}", cls["teacher"]}:
+        ctx.entity.xmpp.send_message(mto=to, mbody=text, mtype="chat")
+    try:
+        await ctx.entity.push("archipel:push:classes", "leasewarning", [element("lease", {"expiry": expiry})])
+    except Exception as exc:  # noqa: BLE001 - a push never fails the warning
+        log.warning("%s: lease push failed: %s", ctx.entity.jid, exc)
     return []

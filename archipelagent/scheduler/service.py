@@ -147,6 +147,18 @@ class Scheduler:
         async with self.db.execute(f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY next_run, uid", params) as cur:
             return [Job.from_row(r) for r in await cur.fetchall()]
 
+    async def remove_named(self, entity: str, names: set[str], args: dict | None = None) -> int:
+        """Drop the jobs of ``entity`` called one of ``names`` (and, if given, with exactly ``args``):
+        how a feature replaces the jobs it planned (a lease extended)."""
+        removed = 0
+        for job in await self.jobs(entity):
+            if job.job in names and (args is None or job.args == args) and job.state == "scheduled":
+                await self.db.execute("DELETE FROM jobs WHERE uid = ? AND state = 'scheduled'", (job.uid,))
+                removed += 1
+        await self.db.commit()
+        self._wake.set()
+        return removed
+
     async def remove_entity(self, entity: str) -> int:
         """Drop the jobs of an entity that is gone for good (freed)."""
         cur = await self.db.execute("DELETE FROM jobs WHERE entity = ?", (entity,))

@@ -128,3 +128,10 @@ def parse_spec(fields: dict[str, str], now: float) -> Spec:
         if when.timestamp() <= now:
             raise InvalidArgument("year", f"{spec.text()} is in the past")
     return spec
+
+
+def spec_at(ts: float) -> Spec:
+    """The one-shot spec of a moment (local time, whole seconds): for jobs the agent plans itself."""
+    t = datetime.datetime.fromtimestamp(int(ts))
+    raw = tuple(str(v) for v in (t.year, t.month, t.day, t.hour, t.minute, t.second))
+    return Spec(raw=raw, allowed=tuple((int(v),) for v in raw))

@@ -187,3 +187,66 @@ async def test_a_class_from_the_students_group(agent, admin, people, stack):
     with pytest.raises(AcpError) as err:
         await teacher.acp(agent.full_jid, NS, "report", {"name": name})
     assert err.value.code == -47
+
+
+async def next_message_from(client, jid: str, timeout: float = 60) -> str:
+    while True:
+        msg = await asyncio.wait_for(client.messages.get(), timeout)
+        if msg["from"].bare == jid:
+            return msg["body"]
+
+
+async def test_a_lease_warns_then_shuts_off_then_trashes(agent, admin, people, stack):
+    teacher, s1, stranger = people["teacher1"], people["student1"], people["stranger1"]
+    golden = await make_golden(admin, agent, stack)
+    role = f"lease-student-{uuidlib.uuid4().hex[:6]}"
+    await admin.acp(agent.full_jid, PERMS_NS, "setrole", {"name": role},
+                    children=[ET.Element("permission", {"name": p}) for p in ("presence", "info", "create")])
+    await grant(admin, agent.full_jid, teacher.jid, "alloc", "free", "class_provision", "class_report", "class_lease",
+                "class_delete")
+    name = f"l{uuidlib.uuid4().hex[:6]}"
+    made = {v.get("student"): v for v in await teacher.acp(
+        agent.full_jid, NS, "provision", {"name": name, "group": "students", "golden": golden, "role": role})}
+    jid1 = made["student1"].get("jid")
+    uuid1, vm1 = jid1.split("@")[0], vm_full(jid1, agent.jid)
+    await wait_vm_ready(s1, vm1)
+    await s1.acp(vm1, CONTROL, "create")
+    await wait_libvirt_state(stack, uuid1, libvirt.VIR_DOMAIN_RUNNING)
+
+    for bad, code in (({"expiry": "-1h"}, -46), ({"expiry": "2000-01-01T00:00"}, -46), ({"expiry": "+1h", "warn": "soon"}, -46),
+                      ({"expiry": "+1h", "grace": "1w"}, -46)):
+        with pytest.raises(AcpError) as err:
+            await teacher.acp(agent.full_jid, NS, "lease", {"name": name, **bad})
+        assert err.value.code == code, bad
+    await grant(admin, agent.full_jid, stranger.jid, "class_lease")
+    with pytest.raises(AcpError) as err:  # another teacher's class
+        await stranger.acp(agent.full_jid, NS, "lease", {"name": name, "expiry": "+1h"})
+    assert err.value.code == -1
+
+    # a lease of a day, then extended (shortened here, so the test sees it end): the jobs are replaced
+    await teacher.acp(agent.full_jid, NS, "lease", {"name": name, "expiry": "+2d"})
+    jobs = [j.get("action") for j in await teacher.acp(vm1, "archipel:entity:scheduler", "jobs")]
+    assert sorted(jobs) == ["lease-shutoff", "lease-warn", "lease-warn"]
+    while not s1.messages.empty():
+        s1.messages.get_nowait()
+    await teacher.acp(agent.full_jid, NS, "lease", {"name": name, "expiry": "+8s", "warn": "4s", "grace": "4s"})
+    jobs = [j.get("action") for j in await teacher.acp(vm1, "archipel:entity:scheduler", "jobs")]
+    assert sorted(jobs) == ["lease-shutoff", "lease-warn"]
+    report = {v.get("student"): v for v in await teacher.acp(agent.full_jid, NS, "report", {"name": name})}
+    assert report["student1"].get("expiry")
+
+    # warned by chat, then shut off at expiry, then moved to the trash after the grace
+    body = await next_message_from(s1, jid1)
+    assert "lease ends" in body and name in body
+    assert libvirt_state(stack, uuid1) == libvirt.VIR_DOMAIN_RUNNING  # the warning comes before the end
+    await wait_libvirt_state(stack, uuid1, libvirt.VIR_DOMAIN_SHUTOFF, timeout=60)
+    await wait_libvirt_state(stack, uuid1, None, timeout=60)
+    for _ in range(300):  # free undefines, then moves the folder
+        if not (stack.storage_dir / uuid1).exists():
+            break
+        await asyncio.sleep(0.1)
+    assert not (stack.storage_dir / uuid1).exists()
+    assert any(p.name.startswith(uuid1) for p in (stack.storage_dir / ".trash").iterdir())
+    report = {v.get("student"): v.get("state") for v in await teacher.acp(agent.full_jid, NS, "report", {"name": name})}
+    assert report["student1"] == "missing"
+    await teacher.acp(agent.full_jid, NS, "delete", {"name": name})

@@ -75,8 +75,9 @@ EXPECTED: dict[tuple[str, str], set[int]] = {
     (SCHED, "unschedule"): {-47},      # no such job
     (HV_PARK, "unpark"): {-47},        # no such parked VM (test_parking.py parks and unparks)
     (HV_PARK, "updatexml"): {-47},
-    **{(CLASSES, a): {-47} for a in ("report", "start", "stop", "reset", "delete")},  # no such class
-    (VM_CLASSES, "reset"): {-47},      # in no class (test_classes.py resets for real)
+    **{(CLASSES, a): {-47} for a in ("report", "start", "stop", "reset", "delete", "lease")},  # no such class
+    (VM_CLASSES, "reset"): {-47},      # in no class (test_classes.py resets and leases for real)
+    (VM_CLASSES, "leasewarn"): {-47},
 }
 
 
@@ -151,6 +152,8 @@ ARGS = {
     (CLASSES, "provision"): lambda s: ({"name": f"mx{uuidlib.uuid4().hex[:8]}", "group": "students",
                                         "golden": "no-such-golden", "role": s.names[-1]}, []),
     **{(CLASSES, a): (lambda s: ({"name": "mxnosuchclass"}, [])) for a in ("report", "start", "stop", "reset", "delete")},
+    (CLASSES, "lease"): lambda s: ({"name": "mxnosuchclass", "expiry": "+1h"}, []),
+    (VM_CLASSES, "leasewarn"): lambda s: ({"expiry": "2099-01-01T00:00:00"}, []),
     (DISK, "create"): lambda s: ({"name": _disk(s), "size": "1", "unit": "M", "format": "qcow2"}, []),
     (DISK, "delete"): lambda s: ({"name": s.names[-1]}, []),
     (DISK, "rename"): lambda s: ({"name": s.names[-1], "newname": _disk(s, "r")}, []),
