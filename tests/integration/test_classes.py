@@ -250,3 +250,34 @@ async def test_a_lease_warns_then_shuts_off_then_trashes(agent, admin, people, s
     report = {v.get("student"): v.get("state") for v in await teacher.acp(agent.full_jid, NS, "report", {"name": name})}
     assert report["student1"] == "missing"
     await teacher.acp(agent.full_jid, NS, "delete", {"name": name})
+
+
+def admin_cli(*argv) -> subprocess.CompletedProcess:
+    import os
+    import sys
+    from pathlib import Path
+    return subprocess.run([sys.executable, "-m", "archipelagent.admin.cli", *argv], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parents[2], env=dict(os.environ))
+
+
+async def test_archipel_admin_class(agent, admin, stack, tmp_path):
+    import json
+    summary = stack.write_summary(tmp_path / "summary.json", hypervisor_full_jid=agent.full_jid)
+    golden = await make_golden(admin, agent, stack)
+    role = f"cli-student-{uuidlib.uuid4().hex[:6]}"
+    await admin.acp(agent.full_jid, PERMS_NS, "setrole", {"name": role},
+                    children=[ET.Element("permission", {"name": "info"})])
+    name = f"k{uuidlib.uuid4().hex[:6]}"
+    common = ("--summary", str(summary))
+    done = await asyncio.to_thread(admin_cli, *common, "class", "provision", name, "--group", "students",
+                                   "--golden", golden, "--role", role, "--json")
+    assert done.returncode == 0, done.stderr
+    assert {v["student"]: v["status"] for v in json.loads(done.stdout)} == {"student1": "created", "student2": "created"}
+    done = await asyncio.to_thread(admin_cli, *common, "class", "report", name)
+    assert done.returncode == 0 and f"{name}-student1" in done.stdout and "off" in done.stdout, done.stdout
+    done = await asyncio.to_thread(admin_cli, *common, "class", "lease", name, "+3d", "--warn", "1d")
+    assert done.returncode == 0 and "lease until" in done.stdout, done.stderr
+    done = await asyncio.to_thread(admin_cli, *common, "class", "reset", "nosuchclass")
+    assert done.returncode == 1 and "no class" in done.stderr
+    done = await asyncio.to_thread(admin_cli, *common, "class", "delete", name, "--json")
+    assert done.returncode == 0 and {v["status"] for v in json.loads(done.stdout)} == {"ok"}, done.stderr
