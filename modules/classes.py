@@ -19,6 +19,7 @@ members live in ``classes.sqlite3`` (0600, WAL) of this hypervisor.
 """
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import re
@@ -44,6 +45,7 @@ VM_CONTROL = "archipel:vm:control"
 DEFINITION = "archipel:vm:definition"
 DISK = "archipel:vm:disk"
 TRANSPORT = "classes"
+PARALLEL = 8  # VMs a class action works on at once (QEMU starts and qemu-img mostly wait)
 ROOT_DISK = "root.qcow2"
 CLASS_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 SCHEMA = (
@@ -55,6 +57,17 @@ SCHEMA = (
 STATES = {libvirt.VIR_DOMAIN_RUNNING: "running", libvirt.VIR_DOMAIN_BLOCKED: "running",
           libvirt.VIR_DOMAIN_PAUSED: "paused", libvirt.VIR_DOMAIN_SHUTDOWN: "shutting down",
           libvirt.VIR_DOMAIN_SHUTOFF: "off", libvirt.VIR_DOMAIN_CRASHED: "crashed"}
+
+
+async def _each_bounded(items: list, work) -> list:
+    """``work(item)`` for every item, at most PARALLEL at once; results in the items' order."""
+    gate = asyncio.Semaphore(PARALLEL)
+
+    async def one(item):
+        async with gate:
+            return await work(item)
+
+    return list(await asyncio.gather(*(one(item) for item in items)))
 
 
 def _now() -> str:
@@ -267,22 +280,21 @@ async def provision(ctx, name, group, golden, role):
     except Exception as exc:  # DirectoryUnavailable and friends
         raise Unavailable(f"LDAP: {exc}") from None
     existing = {m["uid"]: m for m in await classes.members(name)}
-    out = []
-    for uid in uids:
+
+    async def one(uid: str) -> ET.Element:
         if uid in existing:
             vm = agent.vms.entities.get(existing[uid]["uuid"])
-            out.append(element("vm", {"student": uid, "status": "existing" if vm else "missing",
-                                      "jid": vm.jid if vm else None, "name": vm.name if vm else None}))
-            continue
+            return element("vm", {"student": uid, "status": "existing" if vm else "missing",
+                                  "jid": vm.jid if vm else None, "name": vm.name if vm else None})
         try:
             made = await provision_member(agent, cls, uid)
         except ArchipelError as exc:  # one refused student (quota, name) does not stop the others
-            out.append(element("vm", {"student": uid, "status": "refused", "error": exc.message, "code": exc.code}))
-            continue
+            return element("vm", {"student": uid, "status": "refused", "error": exc.message, "code": exc.code})
         if cls.get("expiry"):
             await plan_lease(agent, cls, made["jid"])
-        out.append(element("vm", {"student": uid, "status": "created", "jid": made["jid"], "name": made["name"]}))
-    return out
+        return element("vm", {"student": uid, "status": "created", "jid": made["jid"], "name": made["name"]})
+
+    return await _each_bounded(uids, one)
 
 
 def _render_report(payload) -> str:
@@ -334,16 +346,16 @@ async def reset_vm(agent, cls: dict, member: dict, force: bool) -> None:
 
 async def _bulk(ctx, name: str, each) -> list:
     cls = await _class(ctx, name)
-    out = []
-    for member in await store(ctx.agent).members(cls["name"]):
+
+    async def one(member: dict) -> ET.Element:
         attrs = {"student": member["uid"], "name": f"{name}-{member['uid']}"}
         try:
             await each(cls, member)
         except ArchipelError as exc:
-            out.append(element("vm", {**attrs, "status": "error", "error": exc.message, "code": exc.code}))
-            continue
-        out.append(element("vm", {**attrs, "status": "ok"}))
-    return out
+            return element("vm", {**attrs, "status": "error", "error": exc.message, "code": exc.code})
+        return element("vm", {**attrs, "status": "ok"})
+
+    return await _each_bounded(await store(ctx.agent).members(cls["name"]), one)
 
 
 def _render_bulk(payload) -> str:
