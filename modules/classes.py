@@ -80,6 +80,11 @@ class Classes:
     def __init__(self, database: Path):
         self.database = database
         self.db = None
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def lock(self, name: str) -> asyncio.Lock:
+        """One class action at a time per class: two provisions at once would both see a newcomer."""
+        return self._locks.setdefault(name, asyncio.Lock())
 
     async def open(self) -> None:
         self.db = await open_private_db(self.database, SCHEMA)
@@ -261,6 +266,12 @@ async def provision(ctx, name, group, golden, role):
     agent, classes = ctx.agent, store(ctx.agent)
     if agent.directory is None:
         raise Unavailable("classes need the LDAP directory ([LDAP])")
+    async with classes.lock(name):
+        return await _provision(ctx, name, group, golden, role)
+
+
+async def _provision(ctx, name, group, golden, role):
+    agent, classes = ctx.agent, store(ctx.agent)
     cls = await classes.get(name)
     if cls is None:
         for arg, value in (("group", group), ("golden", golden), ("role", role)):
@@ -346,6 +357,11 @@ async def reset_vm(agent, cls: dict, member: dict, force: bool) -> None:
 
 async def _bulk(ctx, name: str, each) -> list:
     cls = await _class(ctx, name)
+    async with store(ctx.agent).lock(name):
+        return await _bulk_locked(ctx, cls, name, each)
+
+
+async def _bulk_locked(ctx, cls: dict, name: str, each) -> list:
 
     async def one(member: dict) -> ET.Element:
         attrs = {"student": member["uid"], "name": f"{name}-{member['uid']}"}

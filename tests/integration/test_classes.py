@@ -281,3 +281,17 @@ async def test_archipel_admin_class(agent, admin, stack, tmp_path):
     assert done.returncode == 1 and "no class" in done.stderr
     done = await asyncio.to_thread(admin_cli, *common, "class", "delete", name, "--json")
     assert done.returncode == 0 and {v["status"] for v in json.loads(done.stdout)} == {"ok"}, done.stderr
+
+
+async def test_two_provisions_at_once_make_each_vm_once(agent, admin, stack):
+    golden = await make_golden(admin, agent, stack)
+    role = f"twice-{uuidlib.uuid4().hex[:6]}"
+    await admin.acp(agent.full_jid, PERMS_NS, "setrole", {"name": role},
+                    children=[ET.Element("permission", {"name": "info"})])
+    name = f"t{uuidlib.uuid4().hex[:6]}"
+    args = {"name": name, "group": "students", "golden": golden, "role": role}
+    first, second = await asyncio.gather(admin.acp(agent.full_jid, NS, "provision", args),
+                                         admin.acp(agent.full_jid, NS, "provision", args))
+    statuses = sorted(tuple(sorted(v.get("status") for v in reply)) for reply in (first, second))
+    assert statuses == [("created", "created"), ("existing", "existing")]
+    await admin.acp(agent.full_jid, NS, "delete", {"name": name})
