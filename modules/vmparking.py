@@ -17,6 +17,7 @@ never both define the same VM.
 """
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import os
@@ -39,6 +40,7 @@ VM_NS = "archipel:vm:vmparking"
 PUSH = "archipel:push:vmparking"
 RECORD = ".archipel-parked.json"
 PAGE_SIZE = 50
+ONLINE_TIMEOUT = 30.0  # seconds a deleted parked VM's entity has to log in and remove its account
 UNPARK_RIGHTS = frozenset({"all", "vmparking_park"})  # a user who could park it may bring it back
 
 commands = CommandSet()
@@ -251,6 +253,49 @@ async def unpark(ctx, items):
         entity = await unpark_vm(ctx.agent, uuid, ctx.sender_bare, start)
         out.append(element("virtualmachine", {"uuid": uuid, "jid": entity.jid, "name": entity.name}))
     return out
+
+
+async def delete_parked(agent, uuid: str, user: str) -> None:
+    """Gone for good: the VM's entity comes back only to remove its own account (the only way
+    in-band), then it is freed like any VM (rows dropped, folder to the trash)."""
+    path = _record_path(agent, uuid)
+    try:
+        claimed = await agent.fs.call(_claim, path, agent.hypervisor.jid.split("@", 1)[0], what="claim of a parking record")
+    except FileNotFoundError:
+        raise NotFound(f"no parked VM {uuid}") from None
+    try:
+        data = await agent.fs.call(read_handover, claimed, what="parking record")
+        if data.get("uuid") != uuid or data.get("jid") != agent.vms.jid_for(uuid):
+            raise Conflict(f"the parking record of {uuid} names another VM")
+        await _may_unpark(agent, user, data)
+        if uuid in agent.vms.entities:
+            raise Conflict(f"{uuid} is defined here")
+        record = VMRecord(uuid, data["jid"], data["password"], data["name"], data["created"],
+                          data.get("owner", ""), data.get("orginfo") or {})
+        entity = await agent.vms.adopt_migrated(record, [tuple(row) for row in data.get("grants", [])])
+    except BaseException:
+        await agent.fs.call(_release, claimed, path, what="release of a parking record")
+        raise
+    await agent.fs.call(remove_handover, claimed, what="parking record removal")  # never into the trash
+    try:
+        await asyncio.wait_for(entity.online.wait(), ONLINE_TIMEOUT)
+    except asyncio.TimeoutError:
+        log.warning("parked VM %s did not come online in %.0f s: its account may be left", uuid, ONLINE_TIMEOUT)
+    await agent.vms.free(uuid)
+    await _push(agent.hypervisor, "deleted", uuid, record.name)
+    log.info("parked VM %s (%s) deleted by %s", record.name, uuid, user)
+
+
+@commands.command(HV_NS, "delete", kinds=("hypervisor",), permission="vmparking_delete",
+                  permission_description="Delete parked VMs for good",
+                  args=(Arg("items", source="children", help="<item identifier=uuid/>"),),
+                  help="delete parked VMs: account removed, folder to the trash (you must have held all or "
+                       "vmparking_park on them)")
+async def delete(ctx, items):
+    uuids = [_uuid_of(item.get("identifier") or "") for item in _items(items, "identifier")]
+    for uuid in uuids:
+        await delete_parked(ctx.agent, uuid, ctx.sender_bare)
+    return [element("virtualmachine", {"uuid": uuid}) for uuid in uuids]
 
 
 @commands.command(HV_NS, "updatexml", kinds=("hypervisor",), permission="vmparking_updatexml",

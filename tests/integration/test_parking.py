@@ -137,3 +137,29 @@ async def test_updatexml_changes_a_parked_definition_through_the_policy(agent, a
     finally:
         conn.close()
     await admin.acp(agent.full_jid, HV_NS, "free", {"jid": jid})
+
+
+async def test_delete_of_a_parked_vm_removes_its_account_and_trashes_its_folder(agent, admin, new_user, stack):
+    owner, stranger = await new_user("delowner"), await new_user("delstranger")
+    await grant(admin, agent.full_jid, owner.jid, "alloc")
+    jid = await alloc(owner, agent.full_jid, unique_name("parkdel"))
+    uuid = jid.split("@")[0]
+    full = vm_full(jid, agent.jid)
+    await wait_vm_ready(owner, full)
+    await owner.acp(full, VM_PARK, "park")
+    await wait_libvirt_state(stack, uuid, None)
+    assert stack.ejabberd_api("check_account", user=uuid, host=stack.domain) == 0  # kept while parked
+    for user in (owner, stranger):
+        await grant(admin, agent.full_jid, user.jid, "vmparking_delete")
+    with pytest.raises(AcpError) as err:
+        await stranger.acp(agent.full_jid, HV_PARK, "delete", children=[item(identifier=uuid)])
+    assert err.value.code == -1
+    await owner.acp(agent.full_jid, HV_PARK, "delete", children=[item(identifier=uuid)])
+    assert stack.ejabberd_api("check_account", user=uuid, host=stack.domain) != 0
+    assert not (stack.storage_dir / uuid).exists()
+    trashed = [p for p in (stack.storage_dir / ".trash").iterdir() if p.name.startswith(uuid)]
+    assert len(trashed) == 1 and not (trashed[0] / ".archipel-parked.json").exists()
+    assert uuid not in await parked_uuids(admin, agent.full_jid)
+    with pytest.raises(AcpError) as err:
+        await owner.acp(agent.full_jid, HV_PARK, "delete", children=[item(identifier=uuid)])
+    assert err.value.code == -47

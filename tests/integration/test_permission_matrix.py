@@ -75,6 +75,7 @@ EXPECTED: dict[tuple[str, str], set[int]] = {
     (SCHED, "unschedule"): {-47},      # no such job
     (HV_PARK, "unpark"): {-47},        # no such parked VM (test_parking.py parks and unparks)
     (HV_PARK, "updatexml"): {-47},
+    (HV_PARK, "delete"): {-47},
     **{(CLASSES, a): {-47} for a in ("report", "start", "stop", "reset", "delete", "lease")},  # no such class
     (VM_CLASSES, "reset"): {-47},      # in no class (test_classes.py resets and leases for real)
     (VM_CLASSES, "leasewarn"): {-47},
@@ -147,6 +148,7 @@ ARGS = {
     (HV_PARK, "park"): lambda s: ({}, [_item("item", uuid=s.uuid)]),
     (HV_PARK, "unpark"): lambda s: ({}, [_item("item", identifier=NO_SUCH_VM)]),
     (HV_PARK, "updatexml"): lambda s: ({}, [_domain_item()]),
+    (HV_PARK, "delete"): lambda s: ({}, [_item("item", identifier=NO_SUCH_VM)]),
     # a real provisioning of the students group; each student's VM is refused (no golden image, no alloc
     # right for the granted user) and freed again: the reply lists them as refused
     (CLASSES, "provision"): lambda s: ({"name": f"mx{uuidlib.uuid4().hex[:8]}", "group": "students",
