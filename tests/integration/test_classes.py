@@ -295,3 +295,28 @@ async def test_two_provisions_at_once_make_each_vm_once(agent, admin, stack):
     statuses = sorted(tuple(sorted(v.get("status") for v in reply)) for reply in (first, second))
     assert statuses == [("created", "created"), ("existing", "existing")]
     await admin.acp(agent.full_jid, NS, "delete", {"name": name})
+
+
+async def test_the_class_counts_against_the_teachers_quota(agent, admin, people, stack):
+    teacher = people["teacher1"]
+    golden = await make_golden(admin, agent, stack)
+    role = f"quota-{uuidlib.uuid4().hex[:6]}"
+    await admin.acp(agent.full_jid, PERMS_NS, "setrole", {"name": role},
+                    children=[ET.Element("permission", {"name": "info"})])
+    await grant(admin, agent.full_jid, teacher.jid, "alloc", "free", "class_provision", "class_delete")
+    usage = await teacher.acp(agent.full_jid, "archipel:quota", "usage")
+    owned = int(next(r.get("used") for r in usage[0] if r.get("name") == "vms"))
+    await admin.acp(agent.full_jid, "archipel:quota", "set",
+                    {"target_type": "user", "target": teacher.jid, "vms": str(owned + 1)})
+    name = f"q{uuidlib.uuid4().hex[:6]}"
+    try:
+        reply = await teacher.acp(agent.full_jid, NS, "provision",
+                                  {"name": name, "group": "students", "golden": golden, "role": role})
+        statuses = sorted((v.get("status"), v.get("code")) for v in reply)
+        assert statuses == [("created", None), ("refused", "-51")], [dict(v.attrib) for v in reply]
+    finally:
+        await admin.acp(agent.full_jid, "archipel:quota", "set", {"target_type": "user", "target": teacher.jid, "vms": ""})
+    # the quota lifted, the re-run makes the missing VM
+    again = sorted(v.get("status") for v in await teacher.acp(agent.full_jid, NS, "provision", {"name": name}))
+    assert again == ["created", "existing"]
+    await teacher.acp(agent.full_jid, NS, "delete", {"name": name})
