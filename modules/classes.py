@@ -15,12 +15,12 @@ lists each VM, its student, its state and its last change; ``start``,
 reset`` is the student's (or teacher's) reset of one VM: the overlay is
 re-created on the golden image and the definition recorded at provisioning
 restored, refused while the VM runs unless ``force=yes``.  Classes and their
-members live in ``classes.sqlite3`` (0600, WAL) of this hypervisor.
+members live in ``classes.sqlite3`` of this hypervisor (``archipelagent/classes/store.py``);
+leases are scheduler jobs (``archipelagent/classes/leases.py``).
 """
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
 import re
 import time
@@ -32,8 +32,8 @@ import libvirt
 from archipelagent.commands import Arg, CommandSet, element
 from archipelagent.errors import ArchipelError, Conflict, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from archipelagent.permissions.store import ROLE_USER
-from archipelagent.sqlite import open_private_db
-from archipelagent.scheduler import spec_at
+from archipelagent.classes.leases import duration, durations, parse_expiry, iso, drop_lease, plan_lease
+from archipelagent.classes.store import Classes
 from archipelagent.values import parse_yes as bool_yes, validate_name
 
 log = logging.getLogger(__name__)
@@ -48,12 +48,6 @@ TRANSPORT = "classes"
 PARALLEL = 8  # VMs a class action works on at once (QEMU starts and qemu-img mostly wait)
 ROOT_DISK = "root.qcow2"
 CLASS_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
-SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS classes (name TEXT PRIMARY KEY, grp TEXT NOT NULL, golden TEXT NOT NULL, "
-    "role TEXT NOT NULL, teacher TEXT NOT NULL, created TEXT NOT NULL, expiry REAL, warn TEXT, grace REAL)",
-    "CREATE TABLE IF NOT EXISTS members (class TEXT NOT NULL, uid TEXT NOT NULL, uuid TEXT NOT NULL, "
-    "definition TEXT NOT NULL, changed TEXT NOT NULL, PRIMARY KEY (class, uid))",
-)
 STATES = {libvirt.VIR_DOMAIN_RUNNING: "running", libvirt.VIR_DOMAIN_BLOCKED: "running",
           libvirt.VIR_DOMAIN_PAUSED: "paused", libvirt.VIR_DOMAIN_SHUTDOWN: "shutting down",
           libvirt.VIR_DOMAIN_SHUTOFF: "off", libvirt.VIR_DOMAIN_CRASHED: "crashed"}
@@ -68,78 +62,6 @@ async def _each_bounded(items: list, work) -> list:
             return await work(item)
 
     return list(await asyncio.gather(*(one(item) for item in items)))
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-class Classes:
-    """The classes database of this hypervisor."""
-
-    def __init__(self, database: Path):
-        self.database = database
-        self.db = None
-        self._locks: dict[str, asyncio.Lock] = {}
-
-    def lock(self, name: str) -> asyncio.Lock:
-        """One class action at a time per class: two provisions at once would both see a newcomer."""
-        return self._locks.setdefault(name, asyncio.Lock())
-
-    async def open(self) -> None:
-        self.db = await open_private_db(self.database, SCHEMA)
-
-    async def close(self) -> None:
-        if self.db is not None:
-            await self.db.close()
-            self.db = None
-
-    async def get(self, name: str) -> dict | None:
-        async with self.db.execute("SELECT name, grp, golden, role, teacher, created, expiry, warn, grace FROM classes "
-                                   "WHERE name = ?", (name,)) as cur:
-            row = await cur.fetchone()
-        keys = ("name", "group", "golden", "role", "teacher", "created", "expiry", "warn", "grace")
-        return dict(zip(keys, row)) if row else None
-
-    async def add(self, name, group, golden, role, teacher) -> None:
-        await self.db.execute("INSERT INTO classes (name, grp, golden, role, teacher, created) VALUES (?, ?, ?, ?, ?, ?)",
-                              (name, group, golden, role, teacher, _now()))
-        await self.db.commit()
-
-    async def set_lease(self, name, expiry: float, warn: str, grace: float) -> None:
-        await self.db.execute("UPDATE classes SET expiry = ?, warn = ?, grace = ? WHERE name = ?", (expiry, warn, grace, name))
-        await self.db.commit()
-
-    async def remove(self, name: str) -> None:
-        await self.db.execute("DELETE FROM members WHERE class = ?", (name,))
-        await self.db.execute("DELETE FROM classes WHERE name = ?", (name,))
-        await self.db.commit()
-
-    async def members(self, name: str) -> list[dict]:
-        async with self.db.execute("SELECT uid, uuid, definition, changed FROM members WHERE class = ? ORDER BY uid",
-                                   (name,)) as cur:
-            return [dict(zip(("uid", "uuid", "definition", "changed"), r)) for r in await cur.fetchall()]
-
-    async def member_of_vm(self, uuid: str) -> tuple[dict, dict] | None:
-        async with self.db.execute("SELECT class, uid, uuid, definition, changed FROM members WHERE uuid = ?",
-                                   (uuid,)) as cur:
-            row = await cur.fetchone()
-        if row is None:
-            return None
-        member = dict(zip(("class", "uid", "uuid", "definition", "changed"), row))
-        return await self.get(member["class"]), member
-
-    async def add_member(self, name, uid, uuid, definition) -> None:
-        await self.db.execute("INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?, ?)", (name, uid, uuid, definition, _now()))
-        await self.db.commit()
-
-    async def touch(self, uuid: str) -> None:
-        await self.db.execute("UPDATE members SET changed = ? WHERE uuid = ?", (_now(), uuid))
-        await self.db.commit()
-
-    async def remove_member(self, name, uid) -> None:
-        await self.db.execute("DELETE FROM members WHERE class = ? AND uid = ?", (name, uid))
-        await self.db.commit()
 
 
 def store(agent) -> Classes:
@@ -336,7 +258,7 @@ async def report(ctx, name):
         out.append(element("vm", {"student": m["uid"], "jid": entity.jid if entity else None,
                                   "name": entity.name if entity else f"{name}-{m['uid']}",
                                   "state": await _state(ctx.agent, m["uuid"]), "changed": m["changed"],
-                                  "expiry": _iso(cls["expiry"]) if cls.get("expiry") else None}))
+                                  "expiry": iso(cls["expiry"]) if cls.get("expiry") else None}))
     return out
 
 
@@ -445,95 +367,26 @@ async def reset_one(ctx, force):
 
 
 # ------------------------------------------------------------------ leases (jobs of the scheduler)
-LEASE_JOBS = {"lease-warn", "lease-shutoff"}  # on the VM
-TRASH_JOB = "lease-trash"                     # on the hypervisor: free of the VM
-DURATION = re.compile(r"^(\d{1,6})([smhd])$")
-UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _duration(value: str) -> float:
-    m = DURATION.match((value or "").strip())
-    if not m:
-        raise ValueError(f"expected a duration such as 30m, 2h or 7d, got {value!r}")
-    return float(int(m.group(1)) * UNITS[m.group(2)])
-
-
-def _durations(value: str) -> str:
-    parts = [p.strip() for p in (value or "").split(",") if p.strip()]
-    if len(parts) > 5:
-        raise ValueError("at most 5 warnings")
-    for p in parts:
-        _duration(p)
-    return ",".join(parts)
-
-
-def _expiry(value: str) -> float:
-    """``+2h``-style from now, or a local ISO date (``2026-12-24T18:00``)."""
-    value = (value or "").strip()
-    if value.startswith("+"):
-        return time.time() + _duration(value[1:])
-    try:
-        return datetime.datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        raise ValueError(f"expected +<duration> or an ISO date, got {value!r}") from None
-
-
-def _iso(ts: float) -> str:
-    return datetime.datetime.fromtimestamp(ts).isoformat(timespec="seconds")
-
-
-def _scheduler(agent):
-    found = agent.module_services.get("scheduler")
-    if found is None:
-        raise Unavailable("leases need the scheduler module")
-    return found
-
-
-async def drop_lease(agent, vm_jid: str) -> None:
-    sched = _scheduler(agent)
-    await sched.remove_named(vm_jid, LEASE_JOBS)
-    await sched.remove_named(agent.hypervisor.jid, {TRASH_JOB}, {"jid": vm_jid})
-
-
-async def plan_lease(agent, cls: dict, vm_jid: str) -> None:
-    """The lease's jobs for one VM, as the teacher: warnings, shut-off at expiry, trash after the grace."""
-    sched, now, teacher = _scheduler(agent), time.time(), cls["teacher"]
-    await drop_lease(agent, vm_jid)
-    expiry, grace = cls["expiry"], cls["grace"]
-    note = f"lease of class {cls['name']} until {_iso(expiry)}"
-    for before in (cls.get("warn") or "").split(","):
-        when = expiry - _duration(before) if before else None
-        if when is not None and when > now + 1:
-            await sched.add(entity=vm_jid, job="lease-warn", namespace=VM_NS, action="leasewarn",
-                            args={"expiry": _iso(expiry)}, owner=teacher, spec=spec_at(when), comment=note)
-    if expiry > now + 1:
-        await sched.add(entity=vm_jid, job="lease-shutoff", namespace=VM_CONTROL, action="destroy", args={},
-                        owner=teacher, spec=spec_at(expiry), comment=note)
-    if expiry + grace > now + 1:
-        await sched.add(entity=agent.hypervisor.jid, job=TRASH_JOB, namespace=HV_CONTROL, action="free",
-                        args={"jid": vm_jid}, owner=teacher, spec=spec_at(expiry + grace), comment=note)
-
-
 @commands.command(NS, "lease", kinds=("hypervisor",), permission="class_lease",
                   permission_description="Set or extend the lease of one's class",
                   args=(Arg("name", parse=_class_name),
-                        Arg("expiry", parse=_expiry, help="+<duration> (30m, 2h, 7d) or a local ISO date"),
-                        Arg("warn", parse=_durations, required=False, default="24h,1h",
+                        Arg("expiry", parse=parse_expiry, help="+<duration> (30m, 2h, 7d) or a local ISO date"),
+                        Arg("warn", parse=durations, required=False, default="24h,1h",
                             help="warn the student this long before (comma list)"),
-                        Arg("grace", parse=_duration, required=False, default=7 * 86400.0,
+                        Arg("grace", parse=duration, required=False, default=7 * 86400.0,
                             help="after the expiry, the VM goes to the trash after this long")),
                   chat=("class lease",), chat_render=lambda p: f"Lease until {p[0].get('expiry')}.",
                   help="give the class an expiry: warnings by chat and push, shut off at expiry, trash after the grace")
 async def lease(ctx, name, expiry, warn, grace):
     cls = await _class(ctx, name)
     if expiry <= time.time():
-        raise InvalidArgument("expiry", f"{_iso(expiry)} is in the past")
+        raise InvalidArgument("expiry", f"{iso(expiry)} is in the past")
     await store(ctx.agent).set_lease(name, expiry, warn, grace)
     cls = await store(ctx.agent).get(name)
     for member in await store(ctx.agent).members(name):
         if member["uuid"] in ctx.agent.vms.entities:
             await plan_lease(ctx.agent, cls, ctx.agent.vms.jid_for(member["uuid"]))
-    return [element("lease", {"class": name, "expiry": _iso(expiry), "warn": warn, "grace": int(grace)})]
+    return [element("lease", {"class": name, "expiry": iso(expiry), "warn": warn, "grace": int(grace)})]
 
 
 @commands.command(VM_NS, "leasewarn", kinds=("vm",), permission="class_lease",

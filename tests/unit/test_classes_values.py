@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from archipelagent.classes import leases
 from archipelagent_modules import classes
 
 
@@ -20,17 +21,17 @@ def test_bad_class_names(raw):
 
 
 def test_durations_and_expiries():
-    assert classes._duration("90s") == 90 and classes._duration("2h") == 7200 and classes._duration("7d") == 604800
-    assert classes._durations(" 24h, 1h ") == "24h,1h"
+    assert leases.duration("90s") == 90 and leases.duration("2h") == 7200 and leases.duration("7d") == 604800
+    assert leases.durations(" 24h, 1h ") == "24h,1h"
     for bad in ("", "1w", "-1h", "1.5h", "h"):
         with pytest.raises(ValueError):
-            classes._duration(bad)
+            leases.duration(bad)
     with pytest.raises(ValueError):
-        classes._durations("1h,2h,3h,4h,5h,6h")
-    assert abs(classes._expiry("+1h") - (time.time() + 3600)) < 5
-    assert classes._expiry("2030-01-02T03:04:05") == classes.datetime.datetime(2030, 1, 2, 3, 4, 5).timestamp()
+        leases.durations("1h,2h,3h,4h,5h,6h")
+    assert abs(leases.parse_expiry("+1h") - (time.time() + 3600)) < 5
+    assert leases.parse_expiry("2030-01-02T03:04:05") == leases.datetime.datetime(2030, 1, 2, 3, 4, 5).timestamp()
     with pytest.raises(ValueError):
-        classes._expiry("tomorrow")
+        leases.parse_expiry("tomorrow")
 
 
 def test_the_overlay_replaces_the_disk_on_vda_and_comes_first():
