@@ -41,10 +41,13 @@ setup(
         "archipelagent.modules": [
             "storage = archipelagent_modules.storage",
             "snapshots = archipelagent_modules.snapshots",
+            "classes = archipelagent_modules.classes",
             "health = archipelagent_modules.health",
             "oom = archipelagent_modules.oom",
             "tags = archipelagent_modules.tags",
             "vnc = archipelagent_modules.vnc",
+            "scheduler = archipelagent_modules.scheduler",
+            "vmparking = archipelagent_modules.vmparking",
         ],
     },
 )

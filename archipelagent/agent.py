@@ -138,6 +138,8 @@ class Agent:
         await self.vms.load()
         if self.libvirt.connected:  # a VM that arrived by migration while this agent was away
             await self.migrations.adopt_arrived()
+        for module in self.modules:  # the entities exist: modules whose work names them start it
+            await module.ready(self)
         self.metrics.start(self)
 
     async def stop(self) -> None:

@@ -6,8 +6,8 @@ A feature module (storage, snapshots, networks, …) lives in ``modules/``
     "archipelagent.modules": ["storage = archipelagent_modules.storage"]
 
 The module object exposes ``commands`` (a :class:`~archipelagent.commands.CommandSet`)
-and optionally ``async def setup(agent)`` / ``async def teardown(agent)`` for
-state it owns.  Every installed module is loaded unless the configuration says
+and optionally ``async def setup(agent)`` / ``async def ready(agent)`` (entities
+loaded) / ``async def teardown(agent)`` for state it owns.  Every installed module is loaded unless the configuration says
 ``[MODULES] <name> = false`` (Archipel's ``[MODULES] id=True|False``).
 """
 from __future__ import annotations
@@ -33,6 +33,12 @@ class FeatureModule:
 
     async def setup(self, agent) -> None:
         hook = getattr(self.module, "setup", None)
+        if hook is not None:
+            await hook(agent)
+
+    async def ready(self, agent) -> None:
+        """Called once the entities are loaded (work that names entities starts here)."""
+        hook = getattr(self.module, "ready", None)
         if hook is not None:
             await hook(agent)
 

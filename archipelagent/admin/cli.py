@@ -493,9 +493,11 @@ def setup_usage(sub) -> None:
 from .ha import setup_ha  # noqa: E402 - offline (local_run), no agent
 from .net import setup_net  # noqa: E402 - offline (local_run), no agent
 from .doctor import setup_doctor  # noqa: E402 - local (local_run), from the agent's configuration
+from .classes import setup_class  # noqa: E402 - archipel:hypervisor:classes requests
 
 GROUPS: list[Callable[[Any], None]] = [setup_ping, setup_acp, setup_permissions, setup_audit,
-                                       setup_roles, setup_quota, setup_usage, setup_ha, setup_net, setup_doctor]
+                                       setup_roles, setup_quota, setup_usage, setup_class, setup_ha, setup_net,
+                                       setup_doctor]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -135,6 +135,10 @@ class Directory:
         user = await self.resolve(jid)
         return user.groups if user else frozenset()
 
+    async def members(self, group: str) -> list[str]:
+        """The uids of the members of group ``group`` (cn), sorted; not cached (class provisioning reads it once)."""
+        return await self._run(self._members, group)
+
     async def ping(self) -> bool:
         """True when the server answers a base search with the agent's bind."""
         try:
@@ -290,6 +294,29 @@ class Directory:
                 mail=_first(attributes, "mail"),
                 groups=frozenset(groups),
             )
+
+        return self._with_connection(operation)
+
+    def _members(self, group: str) -> list[str]:
+        cfg = self.config
+
+        def operation(connection: ldap3.Connection) -> list[str]:
+            group_filter = f"(&{cfg.group_filter}(cn={escape_filter_chars(group)}))"
+            dns: list[str] = []
+            for entry in self._search(connection, cfg.group_base, group_filter, [cfg.group_member_attribute]):
+                values = entry.get("attributes", {}).get(cfg.group_member_attribute) or []
+                dns.extend([values] if isinstance(values, str) else values)
+            uids = set()
+            for dn in dns:  # each member's own entry: a DN is not parsed for its uid
+                ok = connection.search(dn, cfg.user_filter, search_scope=ldap3.BASE, attributes=[cfg.uid_attribute],
+                                       time_limit=max(1, int(cfg.timeout)))
+                if connection.closed:
+                    raise LDAPException("connection closed by the server")
+                for found in (connection.response or []) if ok else []:
+                    uid = _first(found.get("attributes", {}), cfg.uid_attribute)
+                    if uid:
+                        uids.add(uid)
+            return sorted(uids)
 
         return self._with_connection(operation)
 

@@ -568,18 +568,19 @@ class VMManager:
         return entity
 
     # ------------------------------------------------------------ migration
-    async def release_migrated(self, entity: VMEntity) -> None:
-        """The VM now lives on another hypervisor: close its stream here (the account moved
-        with it, so it is not removed), forget its record and rights (they went in the
-        hand-over file, hypervisor/migrations.py)."""
+    async def release_migrated(self, entity: VMEntity, status: str = "Migrated", change: str | None = "migrated") -> None:
+        """The VM now lives on another hypervisor (or is parked: ``status="Parked"``): close its
+        stream here (the account is kept, so it is not removed), forget its record and rights
+        (they went in the hand-over file, hypervisor/migrations.py, or the parking record)."""
         async with self._lock:
             if self.entities.get(entity.uuid) is not entity:
                 return
             await self.store.remove(entity.uuid)
             await self.agent.permissions.store.delete_entity(entity.jid)
             del self.entities[entity.uuid]  # last: rostervm no longer listing it means all is forgotten
-            await entity.stop(status="Migrated")
-        await self._push_hypervisor("migrated", entity.jid)
+            await entity.stop(status=status)
+        if change:
+            await self._push_hypervisor(change, entity.jid)
 
     async def adopt_migrated(self, record: VMRecord, grants: list[tuple]) -> VMEntity:
         """A VM arrived by migration: its record, its rights, its entity with our resource."""

@@ -44,6 +44,13 @@ SNAP = "archipel:virtualmachine:snapshoting"
 DISK = "archipel:vm:disk"
 OOM = "archipel:vm:oom"
 TAGS = "archipel:tags"
+SCHED = "archipel:entity:scheduler"
+HV_PARK = "archipel:hypervisor:vmparking"
+VM_PARK = "archipel:vm:vmparking"
+NO_SUCH_VM = str(uuidlib.UUID(int=1))
+CLASSES = "archipel:hypervisor:classes"
+VM_CLASSES = "archipel:vm:classes"
+FAR = {"year": "2099", "month": "1", "day": "1", "hour": "0", "minute": "0", "second": "0"}
 
 # Commands without a declared permission: their handler applies its own rule.
 NO_PERMISSION = {
@@ -68,6 +75,13 @@ EXPECTED: dict[tuple[str, str], set[int]] = {
     (SNAP, "delete"): {-47},           # no such snapshot
     (SNAP, "revert"): {-47},
     ("archipel:virtualmachine:vnc", "display"): {-49},  # shut off (test_console.py opens real consoles)
+    (SCHED, "unschedule"): {-47},      # no such job
+    (HV_PARK, "unpark"): {-47},        # no such parked VM (test_parking.py parks and unparks)
+    (HV_PARK, "updatexml"): {-47},
+    (HV_PARK, "delete"): {-47},
+    **{(CLASSES, a): {-47} for a in ("report", "start", "stop", "reset", "delete", "lease")},  # no such class
+    (VM_CLASSES, "reset"): {-47},      # in no class (test_classes.py resets and leases for real)
+    (VM_CLASSES, "leasewarn"): {-47},
 }
 
 
@@ -79,6 +93,7 @@ class Scene:
     vm: str = ""                 # bare JID of the VM the command acts on
     domain: ET.Element | None = None
     dummy: str = ""              # a JID nobody uses
+    kind: str = ""               # of the entity the request goes to
     names: list = field(default_factory=list)
 
     @property
@@ -130,6 +145,20 @@ ARGS = {
     (SNAP, "take"): lambda s: ({"name": s.name("snap")}, []),
     (SNAP, "delete"): lambda s: ({"name": "no-such-snapshot"}, []),
     (SNAP, "revert"): lambda s: ({"name": "no-such-snapshot"}, []),
+    # a job on the VM (destroy) or on the hypervisor (free of the VM); its right is given by PREPARE
+    (SCHED, "schedule"): lambda s: ({"job": "destroy", **FAR} if s.kind == "vm" else {"job": "free", "param": s.vm, **FAR}, []),
+    (SCHED, "unschedule"): lambda s: ({"uid": "no-such-job"}, []),
+    (HV_PARK, "park"): lambda s: ({}, [_item("item", uuid=s.uuid)]),
+    (HV_PARK, "unpark"): lambda s: ({}, [_item("item", identifier=NO_SUCH_VM)]),
+    (HV_PARK, "updatexml"): lambda s: ({}, [_domain_item()]),
+    (HV_PARK, "delete"): lambda s: ({}, [_item("item", identifier=NO_SUCH_VM)]),
+    # a real provisioning of the students group; each student's VM is refused (no golden image, no alloc
+    # right for the granted user) and freed again: the reply lists them as refused
+    (CLASSES, "provision"): lambda s: ({"name": f"mx{uuidlib.uuid4().hex[:8]}", "group": "students",
+                                        "golden": "no-such-golden", "role": s.names[-1]}, []),
+    **{(CLASSES, a): (lambda s: ({"name": "mxnosuchclass"}, [])) for a in ("report", "start", "stop", "reset", "delete")},
+    (CLASSES, "lease"): lambda s: ({"name": "mxnosuchclass", "expiry": "+1h"}, []),
+    (VM_CLASSES, "leasewarn"): lambda s: ({"expiry": "2099-01-01T00:00:00"}, []),
     (DISK, "create"): lambda s: ({"name": _disk(s), "size": "1", "unit": "M", "format": "qcow2"}, []),
     (DISK, "delete"): lambda s: ({"name": s.names[-1]}, []),
     (DISK, "rename"): lambda s: ({"name": s.names[-1], "newname": _disk(s, "r")}, []),
@@ -152,16 +181,39 @@ async def _prepare_disk(admin, hv, s: Scene) -> None:
     s.names[-1] = name
 
 
+def _domain_item() -> ET.Element:
+    el = _item("item", identifier=NO_SUCH_VM)
+    el.append(_item("domain", type="kvm"))
+    return el
+
+
+async def _prepare_vm_park_right(admin, hv, s: Scene) -> None:
+    """Parking from the hypervisor needs vmparking_park on the VM too (the stranger still lacks the hypervisor's)."""
+    await grant(admin, vm_full(s.vm, hv.split("/")[0]), s.sender, "vmparking_park")
+
+
+async def _prepare_job_right(admin, hv, s: Scene) -> None:
+    """Scheduling needs the right to do the job too: the caller gets it (a stranger still lacks the scheduler's)."""
+    if s.kind == "vm":
+        await grant(admin, vm_full(s.vm, hv.split("/")[0]), s.sender, "destroy")
+    else:
+        await grant(admin, hv, s.sender, "free")
+        await grant(admin, vm_full(s.vm, hv.split("/")[0]), s.sender, VM_PERMISSIONS["free"])
+
+
 # Requests that need something made first (by the admin), per call.
 PREPARE = {
+    (SCHED, "schedule"): _prepare_job_right,
+    (HV_PARK, "park"): _prepare_vm_park_right,
+    (CLASSES, "provision"): _prepare_role,
     (PERMS, "delrole"): _prepare_role,
     **{(DISK, action): _prepare_disk for action in ("delete", "rename", "resize", "convert", "setgolden")},
 }
 
 # Hypervisor actions that remove or adopt the VM they name: a fresh VM for each allowed call.
-DESTRUCTIVE_HV = {(HV_NS, "free"), (HV_NS, "unmanage"), (HV_NS, "manage")}
+DESTRUCTIVE_HV = {(HV_NS, "free"), (HV_NS, "unmanage"), (HV_NS, "manage"), (HV_PARK, "park")}
 # Run on a fresh VM for each allowed caller (they destroy the VM they run on).
-DESTRUCTIVE_VM = {(CONTROL, "free"), (DEF, "undefine")}
+DESTRUCTIVE_VM = {(CONTROL, "free"), (DEF, "undefine"), (VM_PARK, "park")}
 
 
 def registry():
@@ -260,7 +312,7 @@ async def test_hypervisor_matrix(agent, admin, new_user, stack):
                 return fresh
 
             async def run(client, who: str, scene_target: str):
-                scene = Scene(sender=client.jid, vm=scene_target, dummy=dummy)
+                scene = Scene(sender=client.jid, vm=scene_target, dummy=dummy, kind="hypervisor")
                 if key in PREPARE:
                     scene.names.append("")
                     await PREPARE[key](admin, hv, scene)
@@ -309,7 +361,7 @@ async def test_vm_matrix(agent, admin, new_user, stack):
             destructive = key in DESTRUCTIVE_VM
 
             async def run(client, full: str):
-                scene = Scene(sender=client.jid, vm=full.split("/")[0], dummy=dummy,
+                scene = Scene(sender=client.jid, vm=full.split("/")[0], dummy=dummy, kind="vm",
                               domain=await _definition(admin, full) if key == (DEF, "define") else None)
                 if key in PREPARE:
                     scene.names.append("")

@@ -1,0 +1,1 @@
+"""Classes (issue 14): the database (``store``) and leases on the scheduler (``leases``); the commands are in ``modules/classes.py``."""

@@ -1,0 +1,47 @@
+"""The classes module's pure parts: names, durations, expiries, the root disk in a definition."""
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from archipelagent.classes import leases
+from archipelagent_modules import classes
+
+
+@pytest.mark.parametrize("raw, expected", [("Lab1", "lab1"), ("cs-101_a", "cs-101_a")])
+def test_class_names(raw, expected):
+    assert classes._class_name(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["", "-x", "a b", "x" * 33, "../etc", "é"])
+def test_bad_class_names(raw):
+    with pytest.raises(ValueError):
+        classes._class_name(raw)
+
+
+def test_durations_and_expiries():
+    assert leases.duration("90s") == 90 and leases.duration("2h") == 7200 and leases.duration("7d") == 604800
+    assert leases.durations(" 24h, 1h ") == "24h,1h"
+    for bad in ("", "1w", "-1h", "1.5h", "h"):
+        with pytest.raises(ValueError):
+            leases.duration(bad)
+    with pytest.raises(ValueError):
+        leases.durations("1h,2h,3h,4h,5h,6h")
+    assert abs(leases.parse_expiry("+1h") - (time.time() + 3600)) < 5
+    assert leases.parse_expiry("2030-01-02T03:04:05") == leases.datetime.datetime(2030, 1, 2, 3, 4, 5).timestamp()
+    with pytest.raises(ValueError):
+        leases.parse_expiry("tomorrow")
+
+
+def test_the_overlay_replaces_the_disk_on_vda_and_comes_first():
+    xml = """<domain type='kvm'><name>x</name><devices>
+      <interface type='network'><source network='default'/></interface>
+      <disk type='file' device='disk'><source file='/old.qcow2'/><target dev='vda'/></disk>
+      <disk type='file' device='cdrom'><source file='/iso'/><target dev='hdc'/></disk></devices></domain>"""
+    root = classes._with_root_disk(xml, Path("/vm/u/root.qcow2"))
+    disks = root.find("devices").findall("disk")
+    assert [d.find("source").get("file") for d in disks] == ["/vm/u/root.qcow2", "/iso"]
+    assert disks[0].find("driver").get("type") == "qcow2" and disks[0].find("target").get("bus") == "virtio"
+    assert root.find("devices")[0] is disks[0]
+    assert ET.tostring(root).count(b"interface") == 2  # open and close tags: the NIC is kept
