@@ -123,8 +123,9 @@ def cmd_demo(args) -> int:
             print(f"  {u['role']:<9} {u['jid']:<24} password {u['password']}", flush=True)
         print(f"  BOSH {st.bosh_url}   WebSocket {st.ws_url}   CA {st.ca_file}", flush=True)
         print(f"  metrics http://127.0.0.1:{st.metrics_port}/metrics (Prometheus)", flush=True)
-        print(f"  Web client {st.web_url}  ({st.domain} must resolve to 127.0.0.1: /etc/hosts, or "
-              f"chromium --host-resolver-rules='MAP {st.domain} 127.0.0.1')", flush=True)
+        print(f"  Web client {st.web_url}  or over TLS {st.https_web_url}  ({st.domain} must resolve to "
+              f"127.0.0.1: /etc/hosts, or chromium --host-resolver-rules='MAP {st.domain} 127.0.0.1'; "
+              f"the rig's CA {st.ca_file})", flush=True)
         print(f"  VM consoles: the Console section of a running VM's page (proxy ws://127.0.0.1:{st.console_port}, "
               "one-time tokens from archipel:virtualmachine:vnc display)", flush=True)
         cmd = [sys.executable, "-m", "archipelagent", "--config", str(conf)]

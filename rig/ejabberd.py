@@ -77,7 +77,7 @@ class Ejabberd:
     def __init__(self, link: Path, *, domain: str, pubsub_domain: str, c2s_port: int, http_port: int,
                  dist_port: int, node: str, ldap: dict, admin_jid: str, cert_pem_source,
                  loglevel: str = "info", listen_ip: str = "127.0.0.1", s2s_port: int | None = None,
-                 dns_port: int | None = None, ca_pem_source=None):
+                 dns_port: int | None = None, ca_pem_source=None, https_port: int | None = None):
         self.link = Path(link).parent.resolve() / Path(link).name  # <state>/ejabberd, a symlink to dir
         self.dir = system_dir(self.link)
         self.etc = self.dir / "etc"
@@ -104,6 +104,8 @@ class Ejabberd:
         self.s2s_port = s2s_port if s2s_port is not None else c2s_port + 47
         self.dns_port = dns_port if dns_port is not None else c2s_port + 31
         self.ca_pem_source = ca_pem_source  # callable(dest) -> writes the CA peers are checked with
+        # BOSH, WebSocket and the web client over TLS (the rig's certificate)
+        self.https_port = https_port if https_port is not None else http_port + 3
 
     @property
     def api_url(self) -> str:
@@ -180,6 +182,7 @@ class Ejabberd:
             "LDAP_PEOPLE_BASE": self.ldap["people_base"],
             "C2S_PORT": self.c2s_port,
             "HTTP_PORT": self.http_port,
+            "HTTPS_PORT": self.https_port,
             "ADMIN_JID": self.admin_jid,
             "WEB_ROOT": self.web_root,
             "LISTEN_IP": self.listen_ip,
@@ -257,7 +260,8 @@ CONTRIB_MODULES_PATH={self.spool / 'contrib'}
             shutil.rmtree(self.spool, ignore_errors=True)
         self.write_config()
         check_traversable(self.dir, "ejabberd")
-        ensure_ports_free({"xmpp c2s": self.c2s_port, "http": self.http_port, "xmpp s2s": self.s2s_port,
+        ensure_ports_free({"xmpp c2s": self.c2s_port, "http": self.http_port, "https": self.https_port,
+                           "xmpp s2s": self.s2s_port,
                            "erlang distribution": self.dist_port}, host=self.listen_ip)
         out = self.logs / "ejctl.out"
         rc = spawn_daemon([self.ctl, "start"], out, env=self.env(), cwd=self.dir)

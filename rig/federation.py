@@ -91,7 +91,7 @@ class Federation:
             node=f"{main.node.split('@', 1)[0]}_campus@{CAMPUS_HOST}", ldap=main.ldap,
             admin_jid=f"{stack.admin_user['uid']}@{CAMPUS_DOMAIN}", cert_pem_source=certs.server_pem,
             loglevel=main.loglevel, listen_ip=CAMPUS_IP, s2s_port=main.s2s_port, dns_port=main.dns_port,
-            ca_pem_source=certs.ca_pem)
+            ca_pem_source=certs.ca_pem, https_port=main.https_port)
 
     @property
     def domain(self) -> str:

@@ -121,6 +121,12 @@ class Stack:
         return f"http://{self.domain}:{self.http_port}/web/"
 
     @property
+    def https_web_url(self) -> str:
+        """The same client over TLS (ejabberd's HTTPS listener, the rig's certificate):
+        what a site serves; the page is then a secure context."""
+        return f"https://{self.domain}:{self.ejabberd.https_port}/web/"
+
+    @property
     def ca_file(self) -> Path:
         return self.certs.ca_file
 
@@ -168,7 +174,8 @@ class Stack:
         log.info("rig[%s]: starting in %s", self.profile, self.state_dir)
         self.stop_all_quietly()
         ensure_ports_free({"xmpp c2s": self.c2s_port, "http": self.http_port, "ldap": self.ldap_port,
-                           "xmpp s2s": self.ejabberd.s2s_port, "erlang distribution": self.dist_port})
+                           "https": self.ejabberd.https_port, "xmpp s2s": self.ejabberd.s2s_port,
+                           "erlang distribution": self.dist_port})
         if fresh:
             import shutil
             shutil.rmtree(self.state_dir / "storage", ignore_errors=True)
@@ -442,6 +449,7 @@ class Stack:
             "ws_url": self.ws_url,
             "api_url": self.api_url,
             "web_url": self.web_url,
+            "web_url_https": self.https_web_url,
             "hypervisor_jid": self.hypervisor_jid,
             "ca_file": str(self.ca_file),
             "libvirt_uri": self.libvirt_uri,

@@ -58,6 +58,24 @@ async def test_login_prefills_urls_from_origin_and_refuses_a_wrong_password(web,
     assert await web.get_attribute("#conn-state", "data-state") == "offline"
 
 
+async def test_served_over_https_with_bosh_and_websocket_on_the_same_origin(browser, stack):
+    """ejabberd's HTTPS listener serves the same client; its URLs follow the page's origin
+    (wss:// and https://), the page is a secure context, and a login works."""
+    context = await browser.new_context(ignore_https_errors=True)   # the rig's own CA
+    page = await context.new_page()
+    try:
+        await page.goto(stack.https_web_url)
+        origin = f"{stack.domain}:{stack.ejabberd.https_port}"
+        assert await page.input_value("#login-ws") == f"wss://{origin}/ws"
+        assert await page.input_value("#login-bosh") == f"https://{origin}/http-bind"
+        assert await page.evaluate("window.isSecureContext")
+        student = stack.user("student1")
+        await login(page, student["jid"], student["password"])
+        await expect(page.locator("#conn-state")).to_have_text(re.compile(f"^Connected as {re.escape(student['jid'])}"))
+    finally:
+        await context.close()
+
+
 async def test_unreachable_server_is_said_so(web, stack):
     student = stack.user("student1")
     port = closed_port()
