@@ -372,14 +372,29 @@ class Migrations:
 
     def _forget_if_elsewhere(self, entity) -> None:
         """Forget a VM whose domain is not here once its account is seen online from another
-        resource (another hypervisor's agent runs it).  Until then it stays, "Not defined"."""
+        resource (another hypervisor's agent runs it): now if the roster already shows one,
+        else at the next such presence.  Until then it stays, "Not defined"."""
+        def others() -> list[str]:
+            try:
+                return [r for r in entity.xmpp.client_roster[entity.jid].resources if r != entity.resource]
+            except KeyError:
+                return []
+
         def seen(presence):
             if presence["from"].bare == entity.jid and presence["from"].resource != entity.resource:
-                self.agent.spawn(self._release_if_absent(entity, str(presence["from"].resource)),
-                                 name=f"migrate-forget-{entity.uuid}")
-        entity.xmpp.add_event_handler("presence_available", seen)
+                check(str(presence["from"].resource))
 
-    async def _release_if_absent(self, entity, resource: str) -> None:
+        def check(resource: str) -> None:
+            self.agent.spawn(self._release_if_absent(entity, resource, seen), name=f"migrate-forget-{entity.uuid}")
+
+        entity.xmpp.add_event_handler("presence_available", seen)
+        for resource in others():
+            check(resource)
+
+    async def _release_if_absent(self, entity, resource: str, handler) -> None:
+        if self.agent.vms.entities.get(entity.uuid) is not entity:
+            entity.xmpp.del_event_handler("presence_available", handler)
+            return  # already forgotten
         try:
             await self.agent.libvirt.lookup(entity.uuid)
             return  # defined here after all: not ours to forget
@@ -389,6 +404,7 @@ class Migrations:
             return
         log.warning("VM %s is online from %s and not defined here: it moved while this agent was "
                     "away; forgetting it", entity.uuid, resource)
+        entity.xmpp.del_event_handler("presence_available", handler)
         await self.agent.vms.release_migrated(entity)
 
     async def adopt_arrived(self) -> list[str]:

@@ -310,6 +310,31 @@ async def test_source_agent_killed_mid_way(stack, guest, admin):
     await _until(lambda: guest.records() > before, "writing")
 
 
+async def test_source_agent_restarted_while_libvirt_still_migrates(stack, guest, admin):
+    """The source's agent is SIGKILLed and restarted while libvirt still migrates (held slow):
+    the restarted agent finds the hand-over file and libvirt's job, shows the VM migrating
+    (-43) and follows the job; once the test lets it converge, the destination adopts the VM
+    and the source forgets it."""
+    src = _where(guest)
+    dst = (src + 1) % 3
+    await _start_slow_migration(guest, admin, src, dst)
+    guest.agents[src].process.kill()
+    guest.agents[src].process.start()
+    await guest.agents[src].wait_ready(admin)
+    for _ in range(60):  # the VM's entity logs in again
+        try:
+            await admin.acp(guest.on(src), CONTROL, "info", timeout=5)
+            break
+        except Exception:  # noqa: BLE001 - not online yet
+            await asyncio.sleep(0.5)
+    with pytest.raises(AcpError) as busy:
+        await admin.acp(guest.on(src), CONTROL, "suspend")
+    assert busy.value.code == -43
+    await asyncio.to_thread(_set_speed, guest.hypervisors[src].libvirt_uri, guest.uuid, FAST)
+    await _wait_forgotten(admin, guest.agents[src], guest.jid)
+    await _assert_outcome(guest, admin, dst)
+
+
 async def test_destination_libvirtd_killed_mid_way(stack, guest, admin):
     """SIGKILL of the destination's libvirtd during the memory phase: libvirt's migration fails,
     the source keeps (and runs) the VM; the destination's libvirtd, restarted, drops its
