@@ -150,7 +150,7 @@ def _row(db, vm_uuid: str):
         conn.close()
 
 
-async def _until(check, what: str, timeout: float = 60):
+async def _until(check, what: str, timeout: float = 240):
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         result = await asyncio.to_thread(check)
@@ -179,7 +179,7 @@ async def guest(stack, hypervisors, agents, admin):
     g = Guest(stack, hypervisors, agents, vm_uuid)
     await admin.subscribe_events(stack.pubsub_domain, g.jid)
     await admin.acp(g.on(0), CONTROL, "create")
-    await _until(lambda: g.records() > 20, "writing")
+    await _until(lambda: g.records() > 20, "writing", timeout=300)  # TCG boot on a shared machine
     yield g
     for i, state in g.hosts().items():
         conn = libvirt.open(hypervisors[i].libvirt_uri)
@@ -351,5 +351,25 @@ async def test_destination_libvirtd_killed_mid_way(stack, guest, admin):
     await _until(lambda: _state(hv_dst.libvirt_uri, guest.uuid) is None, "gone from the destination")
     await _assert_outcome(guest, admin, src)
     await asyncio.to_thread(_set_speed, guest.hypervisors[src].libvirt_uri, guest.uuid, FAST)
+    before = guest.records()
+    await _until(lambda: guest.records() > before, "writing")
+
+
+async def test_source_libvirtd_killed_mid_way(stack, guest, admin):
+    """SIGKILL of the source's libvirtd during the memory phase (its QEMUs live on): the agent's
+    migration call fails; the restarted libvirtd recovers its half-done outgoing job (the guest
+    runs on the source), the destination's libvirtd drops the incoming copy when its peer's
+    connection closes, and the agent serves the VM from the source again."""
+    src = _where(guest)
+    dst = (src + 1) % 3
+    hv_src = guest.hypervisors[src]
+    await _start_slow_migration(guest, admin, src, dst)
+    for pid in hv_src.libvirtd.pids():
+        os.kill(pid, signal.SIGKILL)
+    await admin.next_push(f"/archipel/{guest.jid}/events", "migrationfailed", namespace=PUSH_CONTROL, timeout=90)
+    await asyncio.to_thread(hv_src.libvirtd.start, False, netns=hv_src.netns)
+    await _until(lambda: len(guest.hosts()) == 1, "on one host")
+    await _assert_outcome(guest, admin, src)
+    await asyncio.to_thread(_set_speed, hv_src.libvirt_uri, guest.uuid, FAST)
     before = guest.records()
     await _until(lambda: guest.records() > before, "writing")
