@@ -37,7 +37,8 @@ def max_vms(config) -> int:
     """``[HYPERVISOR] hypervisor_max_vms``: VMs this host accepts (0 or absent: no limit)."""
     raw = config.parser.get("HYPERVISOR", "hypervisor_max_vms", fallback="0").strip() or "0"
     if not raw.isdigit():
-        raise ConfigError(f"[HYPERVISOR] hypervisor_max_vms: expected a number of VMs, found {raw!r}")
+        raise ConfigError(getattr(config, "path", "archipel.conf"), "HYPERVISOR", "hypervisor_max_vms",
+                          f"expected a number of VMs (0: no limit), found {raw!r}")
     return int(raw)
 
 

@@ -51,3 +51,25 @@ def test_shut_off_vms_need_a_place_not_memory():
 
 def test_no_peer_at_all():
     assert "no peer hypervisor" in place([VM("1", 1)], []).refused["1"]
+
+
+def test_max_vms_setting():
+    """[HYPERVISOR] hypervisor_max_vms: absent or empty = no limit; not a number = a clear error."""
+    import configparser
+    from types import SimpleNamespace
+
+    import pytest
+
+    from archipelagent.config import ConfigError
+    from archipelagent.hypervisor.maintenance import max_vms
+
+    def conf(text):
+        parser = configparser.ConfigParser(interpolation=None)
+        parser.read_string(text)
+        return SimpleNamespace(parser=parser)
+
+    assert max_vms(conf("[HYPERVISOR]\n")) == 0
+    assert max_vms(conf("[HYPERVISOR]\nhypervisor_max_vms =\n")) == 0
+    assert max_vms(conf("[HYPERVISOR]\nhypervisor_max_vms = 12\n")) == 12
+    with pytest.raises(ConfigError, match="hypervisor_max_vms"):
+        max_vms(conf("[HYPERVISOR]\nhypervisor_max_vms = lots\n"))
