@@ -28,6 +28,9 @@ from rig.guest import os_element, tiny_linux
 from vm_helpers import CONTROL
 from xmpp_client import AcpError
 
+# The first test also pays the guest's TCG boot, minutes on a loaded shared machine.
+pytestmark = pytest.mark.timeout(900)
+
 HV_NS = "archipel:hypervisor:control"
 PUSH_CONTROL = "archipel:push:virtualmachine:control"
 SLOW, FAST = 1, 10000  # MiB/s
