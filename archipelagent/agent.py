@@ -21,6 +21,7 @@ from .config import AgentConfig
 from .fsio import StorageIO
 from .metrics import Metrics, read_config as metrics_config
 from .modules import FeatureModule, load_modules
+from .hypervisor.maintenance import Maintenance
 from .hypervisor.migrations import Migrations
 from .hypervisor.commands import EXTRA_PERMISSIONS as vm_target_permissions, commands as hypervisor_commands
 from .hypervisor.entity import HypervisorEntity
@@ -88,6 +89,7 @@ class Agent:
         self.hypervisor: HypervisorEntity | None = None
         self.vms = VMManager(self)
         self.migrations = Migrations(self)  # live migration, source and destination (hypervisor/migrations.py)
+        self.maintenance = Maintenance(self)  # refuses new VMs, evacuates (hypervisor/maintenance.py)
         self.quotas = QuotaCenter(self)  # every quota check and the per-owner locks (quotas.py)
         self.storage_settings = StorageSettings.from_config(config)  # ConfigError on a bad [STORAGE] key
         self.storage_health: StorageHealth | None = None  # see storage/health.py
@@ -136,8 +138,8 @@ class Agent:
         self.hypervisor = HypervisorEntity(self, hv.jid, hv.password, name=hv.name, resource=hv.name)
         self.hypervisor.start()
         await self.vms.load()
-        if self.libvirt.connected:  # a VM that arrived by migration while this agent was away
-            await self.migrations.adopt_arrived()
+        if self.libvirt.connected:  # a migration half-done while this agent was away
+            await self.migrations.reconcile()
         for module in self.modules:  # the entities exist: modules whose work names them start it
             await module.ready(self)
         self.metrics.start(self)

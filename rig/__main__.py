@@ -90,6 +90,26 @@ def _hypervisor_password(agent_dir: Path) -> str:
     return pw
 
 
+def _demo_hypervisors(st: Stack, count: int) -> list[list[str]]:
+    """``count`` namespaced hypervisors (rig/hypervisors.py) and one agent command each, run in
+    that hypervisor's mount namespace (it sees the shared storage) on the host's network."""
+    members = st.start_hypervisors(count)
+    cmds = []
+    for hv in members:
+        agent_dir = st.state_dir / f"agent-{hv.name}"
+        lib = agent_dir / "lib"
+        shutil.rmtree(lib, ignore_errors=True)
+        conf = st.write_agent_config(
+            agent_dir / "archipel.conf", hypervisor_jid=f"{hv.name}@{st.domain}",
+            hypervisor_password=_hypervisor_password(agent_dir), lib_dir=lib, log_file=agent_dir / "agent.log",
+            overrides={"GLOBAL": {"libvirt_uri": hv.libvirt_uri, "migration_uri": hv.migration_uri},
+                       "HYPERVISOR": {"hypervisor_name": hv.name},
+                       "VIRTUALMACHINE": {"vm_base_path": str(st.hypervisors.shared_path)},
+                       "LDAP": st.agent_ldap_settings()})
+        cmds.append([*hv.nsenter(), sys.executable, "-m", "archipelagent", "--config", str(conf)])
+    return cmds
+
+
 def cmd_demo(args) -> int:
     st = Stack(profile=args.profile, state_dir=args.state_dir)
     stop_signal: list[int] = []
@@ -100,6 +120,7 @@ def cmd_demo(args) -> int:
             raise KeyboardInterrupt
 
     agent: subprocess.Popen | None = None
+    agents: list[subprocess.Popen] = []
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
@@ -126,26 +147,36 @@ def cmd_demo(args) -> int:
         print(f"  Web client {st.web_url}  or over TLS {st.https_web_url}  ({st.domain} must resolve to "
               f"127.0.0.1: /etc/hosts, or chromium --host-resolver-rules='MAP {st.domain} 127.0.0.1'; "
               f"the rig's CA {st.ca_file})", flush=True)
-        print(f"  VM consoles: the Console section of a running VM's page (proxy ws://127.0.0.1:{st.console_port}, "
-              "one-time tokens from archipel:virtualmachine:vnc display)", flush=True)
-        cmd = [sys.executable, "-m", "archipelagent", "--config", str(conf)]
-        print(f"rig demo: running {' '.join(cmd)} (Ctrl-C stops agent and stack)", flush=True)
-        agent = subprocess.Popen(cmd, cwd=REPO, start_new_session=True)
-        while agent.poll() is None and not stop_signal:
-            time.sleep(0.2)
-        if agent.poll() is None:
-            print("rig demo: stopping the agent", flush=True)
-            agent.send_signal(signal.SIGTERM)
-            try:
-                agent.wait(timeout=args.agent_timeout)
-            except subprocess.TimeoutExpired:
-                print(f"rig demo: agent still running after {args.agent_timeout}s, SIGKILL", flush=True)
-                agent.kill()
-                agent.wait()
-            rc = 0
+        cmds = [[sys.executable, "-m", "archipelagent", "--config", str(conf)]]
+        if args.hypervisors >= 2:  # namespaced hypervisors hv-1..hv-N instead (migration between them)
+            cmds = _demo_hypervisors(st, args.hypervisors)
+            summary = st.write_summary(st.state_dir / "demo.json", hypervisor_jid=f"hv-1@{st.domain}",
+                                       hypervisor_full_jid=f"hv-1@{st.domain}/hv-1",
+                                       hypervisors=[f"hv-{i}@{st.domain}/hv-{i}" for i in range(1, args.hypervisors + 1)])
+            print(f"rig demo: {args.hypervisors} hypervisors on one shared storage, summary in {summary}; "
+                  f"see README 'Live migration in the demo'", flush=True)
         else:
-            rc = agent.returncode
-            print(f"rig demo: agent exited with {rc}", flush=True)
+            print(f"  VM consoles: the Console section of a running VM's page (proxy ws://127.0.0.1:{st.console_port}, "
+                  "one-time tokens from archipel:virtualmachine:vnc display)", flush=True)
+        for cmd in cmds:
+            print(f"rig demo: running {' '.join(cmd)} (Ctrl-C stops agents and stack)", flush=True)
+            agents.append(subprocess.Popen(cmd, cwd=REPO, start_new_session=True))
+        agent = agents[0]
+        while all(a.poll() is None for a in agents) and not stop_signal:
+            time.sleep(0.2)
+        rc = next((a.returncode for a in agents if a.poll() is not None), 0)
+        for a in agents:
+            if a.poll() is None:
+                print(f"rig demo: stopping agent {a.pid}", flush=True)
+                a.send_signal(signal.SIGTERM)
+                try:
+                    a.wait(timeout=args.agent_timeout)
+                except subprocess.TimeoutExpired:
+                    print(f"rig demo: agent still running after {args.agent_timeout}s, SIGKILL", flush=True)
+                    a.kill()
+                    a.wait()
+            else:
+                print(f"rig demo: agent {a.pid} exited with {a.returncode}", flush=True)
     except KeyboardInterrupt:
         rc = 0
     finally:
@@ -189,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help="start the demo stack, write the agent config and run the agent")
     common(p)
     p.add_argument("--agent-timeout", type=float, default=15.0, help="seconds between SIGTERM and SIGKILL")
+    p.add_argument("--hypervisors", type=int, metavar="N",
+                   default=int(os.environ.get("ARCHIPEL_DEMO_HYPERVISORS") or 1),
+                   help="N >= 2: N namespaced hypervisors hv-1..hv-N on one shared storage, one agent each, "
+                        "so VMs can migrate (default: $ARCHIPEL_DEMO_HYPERVISORS or 1, the host's libvirtd)")
     p.set_defaults(fn=cmd_demo)
 
     args = ap.parse_args(argv)

@@ -490,13 +490,36 @@ def setup_usage(sub) -> None:
     p.set_defaults(run=run_usage)
 
 
+async def run_maintenance(session: Session, args) -> Output:
+    reply = await session.acp("archipel:hypervisor:control", "maintenance", {"mode": args.mode},
+                              to=session.hypervisor, iq_type="set" if args.mode != "status" else "get")
+    el = _children(reply, "maintenance")[0]
+    refused = {r.get("jid"): r.get("reason") for r in el if r.tag.rsplit("}", 1)[-1] == "refused"}
+    data = {k: el.get(k) for k in ("mode", "evacuating", "total", "moved", "failed", "remaining")}
+    data["refused"] = refused
+    text = (f"maintenance {el.get('mode')}{' (evacuating)' if el.get('evacuating') == 'yes' else ''}: "
+            f"{el.get('moved')} of {el.get('total')} VMs moved, {el.get('remaining')} still here"
+            + "".join(f"\n  {jid} stays: {reason}" for jid, reason in refused.items()))
+    return Output(data=data, text=text)
+
+
+def setup_maintenance(sub) -> None:
+    p = _subparser(sub, "maintenance", "put the hypervisor in maintenance (evacuate its VMs), back, or show progress",
+                   "on: the hypervisor refuses new VMs and incoming migrations and migrates every VM it has to "
+                   "its peers (placement by free memory and [HYPERVISOR] hypervisor_max_vms); off: it takes VMs "
+                   "again; status: the progress and the VMs that fit nowhere, with the reason.")
+    p.add_argument("mode", choices=("on", "off", "status"), nargs="?", default="status")
+    p.set_defaults(run=run_maintenance)
+
+
 from .ha import setup_ha  # noqa: E402 - offline (local_run), no agent
 from .net import setup_net  # noqa: E402 - offline (local_run), no agent
 from .doctor import setup_doctor  # noqa: E402 - local (local_run), from the agent's configuration
 from .classes import setup_class  # noqa: E402 - archipel:hypervisor:classes requests
 
 GROUPS: list[Callable[[Any], None]] = [setup_ping, setup_acp, setup_permissions, setup_audit,
-                                       setup_roles, setup_quota, setup_usage, setup_class, setup_ha, setup_net,
+                                       setup_roles, setup_quota, setup_usage, setup_class, setup_maintenance, setup_ha,
+                                       setup_net,
                                        setup_doctor]
 
 

@@ -126,7 +126,7 @@ def parse_arguments(command: Command, raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # What a migrating VM still answers (Archipel's list); everything else gets -43.
-WHILE_MIGRATING = frozenset({"info", "xmldesc", "networkinfo", "capabilities"})
+WHILE_MIGRATING = frozenset({"info", "xmldesc", "networkinfo", "capabilities", "cancel"})
 
 
 async def run_command(entity: "Entity", command: Command, sender: Any, raw: Mapping[str, Any], transport: str) -> Any:

@@ -12,10 +12,10 @@ import xml.etree.ElementTree as ET
 
 from ..commands import Arg, CommandSet, element
 from ..commands.payload import local_name
-from ..errors import Migrating, MissingArgument, NotFound, Unavailable
+from ..errors import InvalidArgument, Migrating, MissingArgument, NotFound, PermissionDenied, Unavailable
 from ..permissions import Permission
 from .address import machine_address
-from .peers import peers as current_peers
+from .peers import is_peer, peers as current_peers
 
 NS = "archipel:hypervisor:control"
 
@@ -127,6 +127,35 @@ async def migrationprepare(ctx, requester, uuid):
     return await migrationinfo(ctx)
 
 
+@commands.command(
+    NS, "maintenance", kinds=("hypervisor",), chat=("maintenance",),
+    args=(Arg("mode", required=False, default="status", help="on, off or status"),),
+    help="maintenance mode: on refuses new VMs and evacuates them all to the peers; off; status",
+    chat_render=lambda p: (f"Maintenance {p[0].get('mode')}: {p[0].get('moved')} of {p[0].get('total')} moved, "
+                           f"{p[0].get('remaining')} here"),
+)
+async def maintenance(ctx, mode):
+    """hypervisor/maintenance.py; answers the status after the change."""
+    if mode == "on":
+        await ctx.agent.maintenance.enable(ctx.sender_bare)
+    elif mode == "off":
+        await ctx.agent.maintenance.disable()
+    elif mode != "status":
+        raise InvalidArgument("mode", f"expected on, off or status, found {mode!r}")
+    return ctx.agent.maintenance.status()
+
+
+@commands.command(
+    NS, "peerinfo", kinds=("hypervisor",), permission=None, adhoc=False,
+    help="a peer hypervisor asks where it may evacuate VMs (free memory, VMs, limit, maintenance)",
+)
+async def peerinfo(ctx):
+    """Served only to peers (hypervisor/peers.py)."""
+    if not is_peer(ctx.entity, ctx.sender):
+        raise PermissionDenied("only a peer hypervisor may ask for peerinfo")
+    return await ctx.agent.maintenance.peer_info()
+
+
 def _render_peers(payload) -> str:
     if not payload:
         return "No peer hypervisors."
@@ -184,6 +213,7 @@ def _vm_reply(entity):
     chat_render=lambda p: f"Allocated {p[0].get('jid')}; it will ask you for a subscription.",
 )
 async def alloc(ctx, name, orgname, orgunit, locality, userid, categories, domain):
+    ctx.agent.maintenance.require_off("alloc")
     orginfo = {k.upper(): v for k, v in dict(orgname=orgname, orgunit=orgunit, locality=locality, userid=userid, categories=categories).items() if v}
     entity = await ctx.agent.vms.alloc(ctx.sender_bare, name=name, orginfo=orginfo, definition=domain)
     return _vm_reply(entity)
@@ -206,6 +236,7 @@ async def free(ctx, jid):
     chat_render=lambda p: f"Cloned into {p[0].get('jid')}.",
 )
 async def clone(ctx, jid, name):
+    ctx.agent.maintenance.require_off("clone")
     source = await vm_target(ctx, jid)
     return _vm_reply(await ctx.agent.vms.clone(ctx.sender_bare, source.uuid, name))
 

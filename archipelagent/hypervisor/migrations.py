@@ -86,6 +86,8 @@ class Migrations:
         self.agent = agent
         self.incoming: dict[str, float] = {}  # uuid -> deadline (monotonic)
         self.outgoing: set[str] = set()
+        self.cancelling: set[str] = set()  # cancel asked: abort the job as soon as it exists
+        self.ended: dict[str, asyncio.Future] = {}  # uuid -> True (moved) / False (stayed), for evacuation
 
     def _handover_path(self, uuid: str) -> Path:
         return self.agent.vms.folder(uuid) / HANDOVER
@@ -121,6 +123,7 @@ class Migrations:
             raise
         entity.migrating = True
         entity.set_busy(policy.status_text(None))
+        self.ended[entity.uuid] = asyncio.get_running_loop().create_future()
         agent.spawn(self._run(entity, dom, uri, destination.split("/", 1)[1]), name=f"migrate-{entity.uuid}")
 
     async def _prepare(self, destination: str, requester: str, uuid: str) -> str:
@@ -148,6 +151,12 @@ class Migrations:
         return info.get("libvirt_uri")
 
     async def _run(self, entity, dom, uri: str, dest_resource: str) -> None:
+        try:
+            await self._migrate(entity, dom, uri, dest_resource)
+        finally:
+            self._end(entity.uuid, False)  # no-op once ended; an unexpected error must not hang a waiter
+
+    async def _migrate(self, entity, dom, uri: str, dest_resource: str) -> None:
         agent, conn = self.agent, self.agent.libvirt
         started = time.monotonic()
         state, _ = await conn.call(dom.state)
@@ -155,6 +164,8 @@ class Migrations:
         arrived = self._wait_own_presence(entity, dest_resource)
         poller = agent.spawn(self._progress(entity, dom), name=f"migrate-progress-{entity.uuid}") if running else None
         try:
+            if entity.uuid in self.cancelling:
+                raise LibvirtFailure("migration cancelled before it started")
             await conn.call(dom.migrateToURI3, uri, {}, policy.migration_flags(running, unsafe=True), slow=True)
         except (LibvirtFailure, Unavailable) as exc:
             if poller:
@@ -164,6 +175,7 @@ class Migrations:
             return
         if poller:
             poller.cancel()
+        self.cancelling.discard(entity.uuid)  # too late: the VM is on the destination
         log.info("VM %s migrated to %s in %.2fs", entity.uuid, uri, time.monotonic() - started)
         try:
             await asyncio.wait_for(arrived, 30)
@@ -172,6 +184,17 @@ class Migrations:
                         entity.uuid, dest_resource)
         await agent.vms.release_migrated(entity)
         self.outgoing.discard(entity.uuid)
+        self._end(entity.uuid, True)
+
+    def _end(self, uuid: str, moved: bool) -> None:
+        future = self.ended.pop(uuid, None)
+        if future is not None and not future.done():
+            future.set_result(moved)
+
+    async def wait(self, uuid: str) -> bool:
+        """Until the migration of ``uuid`` this agent started ends: True if the VM moved."""
+        future = self.ended.get(uuid)
+        return True if future is None else await asyncio.shield(future)
 
     def _wait_own_presence(self, entity, resource: str) -> asyncio.Future:
         """Resolves when the VM's account is online from ``resource`` (the destination's agent)."""
@@ -186,43 +209,76 @@ class Migrations:
         return future
 
     async def _progress(self, entity, dom) -> None:
+        """``Migrating - N%`` from libvirt's job info every 0.5 s (slow lane: the query waits
+        on QEMU's monitor); a push at each new tenth; a pending cancel aborts the job as soon
+        as libvirt has one.  One task per running migration, no thread."""
+        pushed = None
         while True:
             try:
-                info = await self.agent.libvirt.call(dom.jobInfo)
+                info = await self.agent.libvirt.call(dom.jobInfo, slow=True)
             except (LibvirtFailure, Unavailable):
                 info = None
-            entity.set_busy(policy.status_text(policy.progress_percent(info or [])))
+            if entity.uuid in self.cancelling and info and info[0] != 0:
+                await self._abort(dom)
+            percent = policy.progress_percent(info or [])
+            entity.set_busy(policy.status_text(percent))
+            if percent is not None and percent // 10 != pushed:
+                pushed = percent // 10
+                await entity.push("virtualmachine:control", "migrating",
+                                  [ET.Element("migration", {"percent": str(percent)})])
             await asyncio.sleep(0.5)
+
+    async def cancel(self, entity) -> None:
+        """Abort the running migration: libvirt cancels QEMU's job and the source keeps the
+        VM (``_failed``).  Asked before libvirt started the job, the poller aborts it when it
+        appears; asked too late (the VM already moved), nothing changes."""
+        if entity.uuid not in self.outgoing:
+            raise Conflict("the VM is not migrating")
+        self.cancelling.add(entity.uuid)
+        await self._abort(await entity.domain())
+
+    async def _abort(self, dom) -> None:
+        try:
+            await self.agent.libvirt.call(dom.abortJob)
+        except (LibvirtFailure, Unavailable) as exc:  # no job yet (the poller retries) or already over
+            log.info("migration abort of %s: %s", dom.UUIDString(), exc)
 
     async def _failed(self, entity, dom, exc) -> None:
         """The source still has the VM unless libvirt says otherwise (policy.decide_outcome)."""
         conn = self.agent.libvirt
+        entity._domain_cache = None  # the handle may predate a libvirt reconnection
         try:
+            dom = await entity.domain()
             state, _ = await conn.call(dom.state)
-        except (LibvirtFailure, Unavailable):
+        except (NotFound, LibvirtFailure, Unavailable):
             state = None
         side = {libvirt.VIR_DOMAIN_RUNNING: policy.Side.RUNNING, libvirt.VIR_DOMAIN_PAUSED: policy.Side.PAUSED,
                 libvirt.VIR_DOMAIN_SHUTOFF: policy.Side.SHUTOFF}.get(state, policy.Side.ABSENT)
         # p2p: the source libvirtd aborts and cleans the destination when the migration fails
         outcome = policy.decide_outcome(side, policy.Side.ABSENT)
-        log.warning("VM %s: migration failed (%s): %s", entity.uuid, exc, outcome.reason)
+        log.warning("VM %s: migration failed (%s): %s", entity.uuid, getattr(exc, "__cause__", None) or exc,
+                    outcome.reason)
         if outcome.keep is policy.Keep.SOURCE and outcome.resume:
             try:
                 await conn.call(dom.resume)
             except (LibvirtFailure, Unavailable) as resume_exc:
                 log.warning("VM %s: resume after a failed migration failed: %s", entity.uuid, resume_exc)
         await self.agent.fs.call(remove_handover, self._handover_path(entity.uuid), what="hand-over removal")
+        cancelled = entity.uuid in self.cancelling
+        self.cancelling.discard(entity.uuid)
         entity.migrating = False
         self.outgoing.discard(entity.uuid)
         entity.set_busy(None)
         await entity.refresh_state()
-        await entity.push("virtualmachine:control", "migrationfailed")
+        self._end(entity.uuid, False)
+        await entity.push("virtualmachine:control", "migrationcancelled" if cancelled else "migrationfailed")
 
     # ------------------------------------------------------- destination
     async def prepare_incoming(self, entity, sender: str, requester: str, uuid: str) -> None:
         """Checks of the destination: a peer asks, for a user holding ``migrate`` here."""
         if not is_peer(entity, sender):
             raise PermissionDenied("only a peer hypervisor may prepare a migration")
+        self.agent.maintenance.require_off("incoming migration")
         await self.agent.permissions.require(entity.jid, "hypervisor", requester.split("/")[0], "migrate",
                                              action="migrationprepare")
         try:
@@ -248,6 +304,108 @@ class Migrations:
                 return
             if not active:  # a shut-off VM moved: only its definition comes
                 await self._adopt(uuid)
+
+    async def reconcile(self) -> None:
+        """At start, after the records are loaded: mend what a migration left half-done while
+        this agent was down (killed mid-way on either side).
+
+        * a domain arrived here with its hand-over file: adopt it (:meth:`adopt_arrived`);
+        * a VM of ours still here with a hand-over file: if libvirtd still runs the migration
+          the previous agent started, follow it to its end; else it never left: the file is
+          stale and removed (the destination's expectation expires on its own);
+        * a VM of ours whose domain is gone from here: if its account is online from another
+          resource (the destination's agent), it moved: forget it (:meth:`_forget_if_elsewhere`).
+        """
+        await self.adopt_arrived()
+        conn = self.agent.libvirt
+        local = {d.uuid for d in await conn.list_domains()}
+        for uuid, entity in list(self.agent.vms.entities.items()):
+            if uuid not in local:
+                self._forget_if_elsewhere(entity)
+                continue
+            path = self._handover_path(uuid)
+            if not await self.agent.fs.call(os.path.lexists, path, what="hand-over lookup"):
+                continue
+            try:
+                dom = await conn.lookup(uuid)
+                info = await conn.call(dom.jobInfo, slow=True)
+            except (NotFound, LibvirtFailure, Unavailable):
+                info = None
+            if info and info[0] != 0:
+                log.warning("VM %s: a migration started by the previous agent still runs: following it", uuid)
+                self.outgoing.add(uuid)
+                entity.migrating = True
+                entity.set_busy(policy.status_text(None))
+                self.agent.spawn(self._follow(entity, dom), name=f"migrate-follow-{uuid}")
+            else:
+                await self.agent.fs.call(remove_handover, path, what="hand-over removal")
+                log.warning("VM %s: stale hand-over file removed (the migration never completed; "
+                            "the VM is here)", uuid)
+
+    async def _follow(self, entity, dom) -> None:
+        """A migration this agent did not start (restarted mid-way): progress until libvirt's
+        job ends, then the VM is either still here (kept) or gone (forgotten once seen online
+        from the destination)."""
+        conn = self.agent.libvirt
+        while True:
+            try:
+                info = await conn.call(dom.jobInfo, slow=True)
+            except (LibvirtFailure, Unavailable):
+                info = None
+            if not info or info[0] == 0:
+                break
+            entity.set_busy(policy.status_text(policy.progress_percent(info)))
+            await asyncio.sleep(0.5)
+        try:
+            await conn.lookup(entity.uuid)
+            still_here = True
+        except NotFound:
+            still_here = False
+        except (LibvirtFailure, Unavailable):
+            still_here = True  # libvirt cannot say: keep it (reconciled again at the next start)
+        if still_here:
+            await self._failed(entity, dom, "the migration did not complete")
+            return
+        entity.migrating = False
+        self.outgoing.discard(entity.uuid)
+        self._forget_if_elsewhere(entity)
+
+    def _forget_if_elsewhere(self, entity) -> None:
+        """Forget a VM whose domain is not here once its account is seen online from another
+        resource (another hypervisor's agent runs it): now if the roster already shows one,
+        else at the next such presence.  Until then it stays, "Not defined"."""
+        def others() -> list[str]:
+            try:
+                return [r for r in entity.xmpp.client_roster[entity.jid].resources if r != entity.resource]
+            except KeyError:
+                return []
+
+        def seen(presence):
+            if presence["from"].bare == entity.jid and presence["from"].resource != entity.resource:
+                check(str(presence["from"].resource))
+
+        def check(resource: str) -> None:
+            self.agent.spawn(self._release_if_absent(entity, resource, seen), name=f"migrate-forget-{entity.uuid}")
+
+        entity.xmpp.add_event_handler("presence_available", seen)
+        for resource in others():
+            check(resource)
+
+    async def _release_if_absent(self, entity, resource: str, handler) -> None:
+        if self.agent.vms.entities.get(entity.uuid) is not entity:
+            entity.xmpp.del_event_handler("presence_available", handler)
+            return  # already forgotten
+        try:
+            await self.agent.libvirt.lookup(entity.uuid)
+            return  # defined here after all: not ours to forget
+        except NotFound:
+            pass
+        except (LibvirtFailure, Unavailable):
+            return
+        log.warning("VM %s is online from %s and not defined here: it moved while this agent was "
+                    "away; forgetting it", entity.uuid, resource)
+        entity.xmpp.del_event_handler("presence_available", handler)
+        await self.agent.vms.release_migrated(entity)
 
     async def adopt_arrived(self) -> list[str]:
         """At start, after the records are loaded: a persistent domain nobody manages here whose

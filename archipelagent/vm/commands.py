@@ -263,6 +263,14 @@ async def migrate(ctx, hypervisorjid):
     return None
 
 
+@_vm(namespace=CONTROL, action="cancel", permission="migrate", adhoc=False, chat=("cancel migration",),
+     help="abort this VM's running migration: it stays on this hypervisor")
+async def cancel(ctx):
+    """The source keeps the VM; the migration ends with the push ``migrationcancelled``."""
+    await ctx.agent.migrations.cancel(ctx.entity)
+    return None
+
+
 @_vm(namespace=CONTROL, action="screenshot", args=(Arg("size", required=False, default="full", help="'thumbnail' or 'full'"),), adhoc=False, help="a PNG screenshot of the console")
 async def screenshot(ctx, size):
     dom = await ctx.entity.domain()

@@ -57,6 +57,7 @@ NO_PERMISSION = {
     ("archipel:quota", "usage"): "anyone may read their own usage; another user's (or all) needs quota_usage",
     ("archipel:hypervisor:control", "migrationprepare"): "served to peer hypervisors only, for a requester "
                                                          "holding migrate there (test_multi_hypervisor.py)",
+    ("archipel:hypervisor:control", "peerinfo"): "served to peer hypervisors only (test_maintenance.py)",
 }
 
 # Errors that mean the request never reached a working handler: never "allowed".
@@ -71,6 +72,7 @@ EXPECTED: dict[tuple[str, str], set[int]] = {
     (CONTROL, "resume"): {-49},        # not paused
     (CONTROL, "networkinfo"): {-49},   # shut off
     (CONTROL, "migrate"): {-49},       # to its own hypervisor (test_multi_hypervisor.py migrates for real)
+    (CONTROL, "cancel"): {-49},        # not migrating (test_migration_guest.py cancels for real)
     (SNAP, "take"): {-49},             # no qcow2 disk to snapshot
     (SNAP, "delete"): {-47},           # no such snapshot
     (SNAP, "revert"): {-47},
