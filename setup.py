@@ -41,6 +41,7 @@ setup(
             "storage = archipelagent_modules.storage",
             "snapshots = archipelagent_modules.snapshots",
             "health = archipelagent_modules.health",
+            "network = archipelagent_modules.network",
         ],
     },
 )
