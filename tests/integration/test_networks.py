@@ -1,0 +1,216 @@
+"""Class networks across two hypervisors, network rights and the network policy (issue 13),
+against the real stack: two namespaced libvirtds (rig/hypervisors.py), one agent each, the
+rig's LDAP people (teacher1, student1, student2, stranger1 log in with their LDAP passwords).
+
+A teacher defines a class network once on hv-1 and grants its use to the LDAP group
+``students``; a student's VM on hv-1 and another's on hv-2 (diskless, ``<boot dev='network'/>``:
+QEMU's iPXE ROM asks DHCP with no guest image) both get a lease from the one dnsmasq on hv-1,
+the second across the VXLAN between the hypervisors.  NICs on a network not granted or on a host
+bridge are refused; each student NIC carries libvirt's clean-traffic binding with its MAC.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import random
+import subprocess
+import uuid as uuidlib
+import xml.etree.ElementTree as ET
+
+import libvirt
+import pytest
+import pytest_asyncio
+
+from agent_fixtures import PERMS_NS, admin_client, client_for
+from hypervisor_fixtures import hypervisor_agent
+from vm_helpers import CONTROL, DEFINITION, HV_NS, vm_full, wait_vm_ready
+from xmpp_client import AcpError
+
+NET_NS = "archipel:hypervisor:network"
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def hypervisors(stack):
+    members = stack.start_hypervisors(2)
+    yield members
+    stack.hypervisors.stop()
+
+
+@pytest_asyncio.fixture(scope="module")
+async def net_admin(stack):
+    client = await admin_client(stack, "networks")
+    yield client
+    await client.close()
+
+
+@pytest_asyncio.fixture(scope="module")
+async def hv_agents(stack, hypervisors, net_admin):
+    agents = [hypervisor_agent(stack, hv, {
+        "VIRTUALMACHINE": {"vm_allowed_networks": ""},  # rights only
+        "NETWORKS": {"vxlan_device": "mig0", "network_namespace": hv.netns}}) for hv in hypervisors]
+    for a in agents:
+        a.process.start()
+    try:
+        await asyncio.gather(*(a.wait_ready(net_admin) for a in agents))
+        yield agents
+    finally:
+        for a in agents:
+            a.process.stop()
+
+
+@pytest_asyncio.fixture(scope="module")
+async def people(stack, hv_agents):
+    clients = {}
+    for uid in ("teacher1", "student1", "student2", "stranger1"):
+        user = stack.user(uid)
+        clients[uid] = await client_for(stack, user["jid"], user["password"], f"net-{uid}").connect()
+    yield clients
+    for client in clients.values():
+        await client.close()
+
+
+def item(ptype: str, target: str, name: str) -> ET.Element:
+    return ET.Element("permission", {"permission_type": ptype, "permission_target": target,
+                                     "permission_name": name, "permission_value": "true"})
+
+
+def network_xml(name: str, third: int, extra: str = "") -> ET.Element:
+    return ET.fromstring(f"<network><name>{name}</name>{extra}<ip address='10.200.{third}.1' prefix='24'>"
+                         f"<dhcp><range start='10.200.{third}.100' end='10.200.{third}.200'/></dhcp></ip></network>")
+
+
+def diskless(network: str | None = None, bridge: str | None = None) -> ET.Element:
+    source = f"<interface type='network'><source network='{network}'/>" if network else \
+        f"<interface type='bridge'><source bridge='{bridge}'/>"
+    return ET.fromstring(f"""<domain type='qemu'>
+  <memory unit='MiB'>64</memory><vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='network'/></os>
+  <clock offset='utc'/>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    {source}<model type='virtio'/></interface>
+    <serial type='pty'><target port='0'/></serial>
+    <memballoon model='none'/>
+  </devices>
+</domain>""")
+
+
+async def expect_error(coro, code: int, *fragments: str) -> AcpError:
+    with pytest.raises(AcpError) as err:
+        await coro
+    assert err.value.code == code, err.value
+    for fragment in fragments:
+        assert fragment in err.value.text, err.value
+    return err.value
+
+
+def libvirt_call(uri: str, fn):
+    conn = libvirt.open(uri)
+    try:
+        return fn(conn)
+    finally:
+        conn.close()
+
+
+def nic_mac(uri: str, uuid: str) -> str:
+    def read(conn):
+        root = ET.fromstring(conn.lookupByUUIDString(uuid).XMLDesc(0))
+        return root.find("devices/interface/mac").get("address")
+    return libvirt_call(uri, read)
+
+
+async def wait_leases(uri: str, network: str, macs: set[str], timeout: float = 120) -> dict[str, str]:
+    """MAC → IP of the leases of ``network`` on that libvirtd (its dnsmasq), once all ``macs`` have one."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        leases = await asyncio.to_thread(libvirt_call, uri, lambda c: c.networkLookupByName(network).DHCPLeases())
+        found = {lease["mac"]: lease["ipaddr"] for lease in leases}
+        if macs <= set(found):
+            return found
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"leases {found}, expected {macs}")
+        await asyncio.sleep(1)
+
+
+async def test_class_network_spans_hypervisors_with_one_dhcp(stack, hypervisors, hv_agents, net_admin, people):
+    hv1, hv2 = hv_agents
+    teacher, s1, s2, stranger = (people[u] for u in ("teacher1", "student1", "student2", "stranger1"))
+    for hv in hv_agents:  # the site's rights: teachers define networks, students (and the stranger) alloc
+        await net_admin.acp(hv.full_jid, PERMS_NS, "set", children=[
+            item("group", "teachers", "network_define"), item("group", "teachers", "network_grant"),
+            item("group", "teachers", "network_grants"), item("group", "teachers", "network_undefine"),
+            item("group", "students", "alloc"), item("group", "students", "network_getnames"),
+            item("user", stranger.jid, "alloc")])
+    name, third = f"cls{uuidlib.uuid4().hex[:6]}", random.randint(10, 250)
+
+    # the network policy: what a teacher may not define, each with its error reply
+    await expect_error(teacher.acp(hv1.full_jid, NET_NS, "define", children=[ET.fromstring(
+        f"<network><name>{name}</name><forward mode='bridge'/><bridge name='mig0'/></network>")]),
+        -50, "network/forward")
+    await expect_error(teacher.acp(hv1.full_jid, NET_NS, "define", children=[ET.fromstring(
+        f"<network><name>{name}</name><forward mode='nat' dev='mig0'/></network>")]), -50, "network/forward")
+    await expect_error(teacher.acp(hv1.full_jid, NET_NS, "define", children=[
+        ET.fromstring(f"<network><name>{name}</name><ip address='192.168.3.1' prefix='24'/></network>")]),
+        -50, "outside the address pool")
+    await expect_error(s1.acp(hv1.full_jid, NET_NS, "define", children=[network_xml(name, third)]), -1)  # no right
+
+    # once, on hv-1: a class network; its DHCP is there
+    reply = await teacher.acp(hv1.full_jid, NET_NS, "define", {"scope": "class"}, children=[network_xml(name, third)])
+    vni = int(reply[0].get("vni"))
+    assert reply[0].get("bridge") == f"acn{vni}"
+    await expect_error(teacher.acp(hv1.full_jid, NET_NS, "define", children=[
+        network_xml(f"o{name}", third)]), -50, "overlaps")
+    # not granted yet: student1 may not attach
+    await expect_error(s1.acp(hv1.full_jid, HV_NS, "alloc", children=[diskless(name)]), -50,
+                       "devices/interface/source", f"network '{name}' is not granted")
+    await teacher.acp(hv1.full_jid, NET_NS, "grant",
+                      {"network": name, "target_type": "group", "target": "students", "right": "use"})
+    grants = await teacher.acp(hv1.full_jid, NET_NS, "grants", {"network": name})
+    assert {(g.get("target_type"), g.get("target"), g.get("right")) for g in grants[0]} >= {
+        ("group", "students", "use"), ("user", teacher.jid, "all")}
+    names = await s2.acp(hv2.full_jid, NET_NS, "getnames")  # hv-2 learnt it from the shared catalogue
+    assert name in {n.get("name") for n in names}
+
+    # refused: the stranger (not in students), a host bridge, a define swapping in a bridge
+    await expect_error(stranger.acp(hv2.full_jid, HV_NS, "alloc", children=[diskless(name)]), -50,
+                       f"network '{name}' is not granted")
+    await expect_error(s1.acp(hv1.full_jid, HV_NS, "alloc", children=[diskless(bridge="mig0")]), -50,
+                       "is a host bridge")
+
+    uuids = []
+    try:
+        for client, hv in ((s1, hv1), (s2, hv2)):
+            jid = (await client.acp(hv.full_jid, HV_NS, "alloc", children=[diskless(name)]))[0].get("jid")
+            uuids.append((hv, jid.split("@")[0]))
+            full = vm_full(jid, hv.jid)
+            await wait_vm_ready(client, full)
+            if client is s1:
+                await expect_error(client.acp(full, DEFINITION, "define", children=[diskless(bridge="mig0")]),
+                                   -50, "is a host bridge")
+            await client.acp(full, CONTROL, "create")
+        uri1, uri2 = (h.libvirt_uri for h in hypervisors)
+        macs = {nic_mac(uri, uuid) for uri, (_hv, uuid) in zip((uri1, uri2), uuids)}
+        leases = await wait_leases(uri1, name, macs)  # hv-1's dnsmasq served both, hv-2's across the VXLAN
+        subnet = ipaddress.IPv4Network(f"10.200.{third}.0/24")
+        assert all(ipaddress.IPv4Address(ip) in subnet for ip in leases.values())
+        assert libvirt_call(uri2, lambda c: c.networkLookupByName(name).DHCPLeases()) == []  # no DHCP on hv-2
+        # anti-spoofing: each NIC has its clean-traffic binding with its own MAC (libvirt drops other source MACs)
+        for uri, (_hv, uuid) in zip((uri1, uri2), uuids):
+            mac = nic_mac(uri, uuid)
+            bindings = libvirt_call(uri, lambda c: [ET.fromstring(b.XMLDesc()) for b in c.listAllNWFilterBindings()])
+            mine = [b for b in bindings if b.find("mac").get("address") == mac]
+            assert [b.find("filterref").get("filter") for b in mine] == ["clean-traffic"]
+            params = {p.get("name"): p.get("value") for p in mine[0].iter("parameter")}
+            assert params.get("MAC") == mac
+    finally:
+        for hv, uuid in uuids:
+            try:
+                await net_admin.acp(hv.full_jid, HV_NS, "free", {"jid": f"{uuid}@{stack.domain}"})
+            except AcpError:
+                pass
+    # the teacher undefines it once; hv-2's half goes at its next sync
+    await teacher.acp(hv1.full_jid, NET_NS, "undefine", {"uuid": name})
+    await net_admin.acp(hv2.full_jid, NET_NS, "getnames")
+    assert name not in libvirt_call(hypervisors[1].libvirt_uri, lambda c: c.listNetworks() + c.listDefinedNetworks())
