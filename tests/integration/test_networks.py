@@ -106,6 +106,20 @@ async def expect_error(coro, code: int, *fragments: str) -> AcpError:
     return err.value
 
 
+async def adhoc_error(client, to: str, node: str, **fields) -> str:
+    """The error note of an ad-hoc command submitted with ``fields`` (the form path)."""
+    plugin = client.xmpp.plugin["xep_0050"]
+    first = await plugin.send_command(to, node, timeout=10)
+    form = client.xmpp.plugin["xep_0004"].make_form(ftype="submit")
+    for var, value in fields.items():
+        form.add_field(var=var, value=value)
+    done = await plugin.send_command(to, node, action="complete", sessionid=first["command"]["sessionid"],
+                                     payload=form, timeout=30)
+    notes = done["command"]["notes"]
+    assert notes and notes[0][0] == "error", notes
+    return notes[0][1]
+
+
 def libvirt_call(uri: str, fn):
     conn = libvirt.open(uri)
     try:
@@ -142,6 +156,7 @@ async def test_class_network_spans_hypervisors_with_one_dhcp(stack, hypervisors,
             item("group", "teachers", "network_define"), item("group", "teachers", "network_grant"),
             item("group", "teachers", "network_grants"), item("group", "teachers", "network_undefine"),
             item("group", "students", "alloc"), item("group", "students", "network_getnames"),
+            item("group", "students", "message"), item("group", "students", "network_get"),
             item("user", stranger.jid, "alloc")])
     name, third = f"cls{uuidlib.uuid4().hex[:6]}", random.randint(10, 250)
 
@@ -170,6 +185,10 @@ async def test_class_network_spans_hypervisors_with_one_dhcp(stack, hypervisors,
     grants = await teacher.acp(hv1.full_jid, NET_NS, "grants", {"network": name})
     assert {(g.get("target_type"), g.get("target"), g.get("right")) for g in grants[0]} >= {
         ("group", "students", "use"), ("user", teacher.jid, "all")}
+    note = await adhoc_error(teacher, hv1.full_jid, f"{NET_NS}#define", network=(
+        f"<network><name>f{name}</name><forward mode='bridge'/><bridge name='mig0'/></network>"))
+    assert "network/forward" in note, note
+    assert name in await s1.chat(hv1.full_jid, "list networks")  # the chat word, same rights
     names = await s2.acp(hv2.full_jid, NET_NS, "getnames")  # hv-2 learnt it from the shared catalogue
     assert name in {n.get("name") for n in names}
 
@@ -189,6 +208,9 @@ async def test_class_network_spans_hypervisors_with_one_dhcp(stack, hypervisors,
             if client is s1:
                 await expect_error(client.acp(full, DEFINITION, "define", children=[diskless(bridge="mig0")]),
                                    -50, "is a host bridge")
+                note = await adhoc_error(client, full, f"{DEFINITION}#define",
+                                         domain=ET.tostring(diskless(bridge="mig0"), encoding="unicode"))
+                assert "is a host bridge" in note, note
             await client.acp(full, CONTROL, "create")
         uri1, uri2 = (h.libvirt_uri for h in hypervisors)
         macs = {nic_mac(uri, uuid) for uri, (_hv, uuid) in zip((uri1, uri2), uuids)}
