@@ -185,15 +185,16 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         s.close()
 
 
-def ensure_ports_free(ports: dict[str, int], owner_check: Callable[[int], bool] | None = None) -> None:
+def ensure_ports_free(ports: dict[str, int], owner_check: Callable[[int], bool] | None = None,
+                      host: str = "127.0.0.1") -> None:
     """Raise RigError naming port and holder when one of ``ports`` is taken."""
     problems = []
     for label, port in ports.items():
-        if port_is_free(port):
+        if port_is_free(port, host):
             continue
         owners = port_owners(port)
         who = ", ".join(describe_pid(p) for p in owners) or "an unknown process (not visible in /proc)"
-        problems.append(f"port {port} ({label}) on 127.0.0.1 is already in use by {who}")
+        problems.append(f"port {port} ({label}) on {host} is already in use by {who}")
     if problems:
         raise RigError("; ".join(problems) + " -- stop it or use another rig profile")
 
