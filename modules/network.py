@@ -19,11 +19,13 @@ permission (tenancy); listings show a non-admin only the networks they may use.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
+import uuid as uuidlib
 import xml.etree.ElementTree as ET
 
 from archipelagent.commands import Arg, CommandSet, element
-from archipelagent.errors import InvalidArgument, NotFound
+from archipelagent.errors import InvalidArgument, LibvirtFailure
 from archipelagent.networks.catalogue import CLASS, LOCAL
 from archipelagent.networks.service import (KIND, MANAGE, NETWORK_PERMISSIONS, RIGHTS, TARGET_TYPES,
                                             NetworkService, read_config)
@@ -53,13 +55,25 @@ async def setup(agent) -> None:
     for permission in NETWORK_PERMISSIONS:
         agent.permissions.declare(KIND, permission)
     agent.libvirt.add_state_listener(lambda up: up and agent.spawn(_sync(svc), name="network-sync"))
+    agent.spawn(_sync_every(svc, SYNC_INTERVAL), name="network-sync-timer")
+
+
+SYNC_INTERVAL = 30.0  # s: a class network defined or undefined elsewhere reaches this hypervisor at the latest then
 
 
 async def _sync(svc: NetworkService) -> None:
     try:
         await svc.sync()
-    except Exception as exc:  # noqa: BLE001 - retried at the next command or reconnection
+    except Exception as exc:  # noqa: BLE001 - retried at the next command, reconnection or tick
         log.warning("network sync failed: %s", exc)
+
+
+async def _sync_every(svc: NetworkService, interval: float) -> None:
+    """Besides each network command and VM definition: the catalogue is followed on a timer."""
+    while True:
+        await asyncio.sleep(interval)
+        if svc.agent.libvirt.connected:
+            await _sync(svc)
 
 
 async def _push(ctx, change: str, name: str) -> None:
@@ -79,8 +93,8 @@ async def _named(ctx, uuid: str):
     """The libvirt network a request names (UUID or name), once ``manage`` on it is checked."""
     svc = service(ctx)
     try:
-        net = await svc.lv("networkLookupByUUIDString", uuid)
-    except Exception:  # noqa: BLE001 - not a UUID, or unknown: try the name
+        net = await svc.lv("networkLookupByUUIDString", str(uuidlib.UUID(uuid)))
+    except (ValueError, LibvirtFailure):  # not a UUID, or no such UUID: a name
         net = await svc.lookup(uuid)
     name = await svc.lv(net.name)
     if not await svc.is_admin(ctx.sender_bare):

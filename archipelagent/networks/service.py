@@ -138,10 +138,10 @@ class NetworkService:
     async def usable(self, user: str | None) -> frozenset[str] | None:
         """Networks ``user`` may attach a NIC to (None: any, for admins); the site-wide
         ``vm_allowed_networks`` count for everyone (``*`` = any)."""
+        await self.sync()  # whoever asks, the class networks a VM may name exist here before it is defined
         site = self.agent.config.vm.allowed_networks
         if site is None or (user and await self.is_admin(user)):
             return None
-        await self.sync()
         names = set(site)
         if user:
             for name in await self.records():
@@ -191,6 +191,8 @@ class NetworkService:
         serves_dhcp = record.hypervisor == self.me
         try:
             net = await self.lookup(record.name)
+            if await self.lv(net.isActive) and await self.switch.healthy(record.vni, bridge_too=not serves_dhcp):
+                return  # the usual case: one libvirt call and one `ip link`
         except NotFound:
             if not serves_dhcp:
                 await self.switch.ensure_bridge(record.vni)

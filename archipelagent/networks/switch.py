@@ -65,6 +65,19 @@ class Switch:
     async def exists(self, name: str) -> bool:
         return any(link.get("ifname") == name for link in await self.links())
 
+    async def healthy(self, vni: int, *, bridge_too: bool) -> bool:
+        """One ``ip link`` call: the VXLAN port is up on its bridge (nothing to do)."""
+        links = {link.get("ifname"): link for link in await self.links()}
+        bridge = links.get(bridge_name(vni))
+        if bridge is None:
+            return False
+        if bridge_too and "UP" not in bridge.get("flags", ()):
+            return False
+        if not self.underlay:
+            return True
+        port = links.get(vxlan_name(vni))
+        return port is not None and port.get("master") == bridge_name(vni) and "UP" in port.get("flags", ())
+
     async def ensure_bridge(self, vni: int) -> None:
         """The bridge of a class network on a hypervisor that does not serve its DHCP."""
         bridge = bridge_name(vni)

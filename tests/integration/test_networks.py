@@ -236,3 +236,105 @@ async def test_class_network_spans_hypervisors_with_one_dhcp(stack, hypervisors,
     await teacher.acp(hv1.full_jid, NET_NS, "undefine", {"uuid": name})
     await net_admin.acp(hv2.full_jid, NET_NS, "getnames")
     assert name not in libvirt_call(hypervisors[1].libvirt_uri, lambda c: c.listNetworks() + c.listDefinedNetworks())
+
+
+GUEST_DHCP = """cat > /bound.sh <<'SCRIPT'
+#!/bin/sh
+[ "$1" = bound ] && ifconfig "$interface" "$ip" netmask "$subnet" && echo "LEASE $ip" > /dev/ttyS0
+exit 0
+SCRIPT
+chmod +x /bound.sh
+ip link set eth0 up
+udhcpc -i eth0 -s /bound.sh -q -n -t 60 -T 2 || echo NO-LEASE > /dev/ttyS0
+"""
+
+# hv-2's guest: reach hv-1's across the VXLAN, then send with a spoofed MAC (clean-traffic must drop it)
+GUEST_PINGER = GUEST_DHCP + """
+ok=no
+for i in $(seq 1 60); do ping -c 1 -W 2 {peer} >/dev/null 2>&1 && ok=yes && break; sleep 1; done
+echo "PING-$ok" > /dev/ttyS0
+ip link set eth0 down; ip link set eth0 address 52:54:00:de:ad:99; ip link set eth0 up
+ip neigh flush dev eth0
+if ping -c 3 -W 2 {peer} >/dev/null 2>&1; then echo SPOOF-PASSED > /dev/ttyS0; else echo SPOOF-DROPPED > /dev/ttyS0; fi
+"""
+
+
+def guest_domain(kernel: str, initrd: str, network: str, mac: str, console: str) -> ET.Element:
+    from rig.guest import os_element
+    return ET.fromstring(f"""<domain type='qemu'>
+  <memory unit='MiB'>128</memory><vcpu>1</vcpu>
+  {os_element(kernel, initrd)}
+  <clock offset='utc'/>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <interface type='network'><mac address='{mac}'/><source network='{network}'/><model type='virtio'/></interface>
+    <serial type='file'><source path='{console}'/><target port='0'/></serial>
+    <memballoon model='none'/>
+  </devices>
+</domain>""")
+
+
+async def wait_console(path, marker: str, timeout: float = 300) -> str:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        text = path.read_text(errors="replace") if path.exists() else ""
+        if marker in text:
+            return text
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{marker!r} not on the console:\n{text[-3000:]}")
+        await asyncio.sleep(1)
+
+
+@pytest.mark.parametrize("pinger", ["student", "admin"])
+async def test_linux_guests_on_two_hypervisors_reach_each_other(stack, hypervisors, hv_agents, net_admin, people,
+                                                                 pinger):
+    """Two tiny Linux guests (TCG), one per hypervisor, lease with udhcpc from hv-1's dnsmasq, ping
+    each other across the VXLAN; the second's spoofed MAC is dropped by clean-traffic when a student
+    owns it, and passes from an admin's VM (no filter): the test sees the difference the filter makes."""
+    from rig.guest import tiny_linux
+
+    hv1, hv2 = hv_agents
+    teacher, s1 = people["teacher1"], people["student1"]
+    s2 = people["student2"] if pinger == "student" else net_admin
+    for hv in hv_agents:
+        await net_admin.acp(hv.full_jid, PERMS_NS, "set", children=[
+            item("group", "teachers", "network_define"), item("group", "teachers", "network_grant"),
+            item("group", "students", "alloc")])
+    name, third = f"png{uuidlib.uuid4().hex[:6]}", random.randint(10, 250)
+    macs = ("52:54:00:aa:00:01", "52:54:00:aa:00:02")
+    net = network_xml(name, third)
+    dhcp = net.find("ip/dhcp")
+    for i, mac in enumerate(macs):
+        ET.SubElement(dhcp, "host", {"mac": mac, "ip": f"10.200.{third}.{11 + i}"})
+    await teacher.acp(hv1.full_jid, NET_NS, "define", {"scope": "class"}, children=[net])
+    await teacher.acp(hv1.full_jid, NET_NS, "grant",
+                      {"network": name, "target_type": "group", "target": "students", "right": "use"})
+    shared, backing = stack.hypervisors.shared_path, stack.hypervisors.shared_backing
+    made, consoles = [], []
+    try:
+        for i, (client, hv) in enumerate(((s1, hv1), (s2, hv2))):
+            jid = (await client.acp(hv.full_jid, HV_NS, "alloc"))[0].get("jid")
+            uuid = jid.split("@")[0]
+            made.append((hv, jid))
+            script = GUEST_DHCP if i == 0 else GUEST_PINGER.format(peer=f"10.200.{third}.11")
+            await asyncio.to_thread(tiny_linux, backing / uuid, script)
+            full = vm_full(jid, hv.jid)
+            await wait_vm_ready(client, full)
+            await client.acp(full, DEFINITION, "define", children=[guest_domain(
+                str(shared / uuid / "vmlinuz"), str(shared / uuid / "initrd.gz"), name, macs[i],
+                str(shared / uuid / "console.log"))])
+            await client.acp(full, CONTROL, "create")
+            consoles.append(backing / uuid / "console.log")
+        await wait_console(consoles[0], f"LEASE 10.200.{third}.11")
+        text = await wait_console(consoles[1], "SPOOF-")
+        assert f"LEASE 10.200.{third}.12" in text and "PING-yes" in text, text[-3000:]
+        assert ("SPOOF-DROPPED" if pinger == "student" else "SPOOF-PASSED") in text, text[-3000:]
+        leases = await wait_leases(hypervisors[0].libvirt_uri, name, set(macs))
+        assert leases == {macs[0]: f"10.200.{third}.11", macs[1]: f"10.200.{third}.12"}
+    finally:
+        for hv, jid in made:
+            try:
+                await net_admin.acp(hv.full_jid, HV_NS, "free", {"jid": jid})
+            except AcpError:
+                pass
+        await teacher.acp(hv1.full_jid, NET_NS, "undefine", {"uuid": name})
