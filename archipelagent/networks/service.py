@@ -26,7 +26,7 @@ from archipelagent.config import ConfigError
 from archipelagent.errors import Conflict, LibvirtFailure, NotFound, PermissionDenied, Unavailable
 from archipelagent.permissions import Permission
 from archipelagent.permissions.center import ALL
-from archipelagent.permissions.store import GROUP, ROLE_GROUP, ROLE_USER, USER, bare
+from archipelagent.permissions.store import GROUP, ROLE_GROUP, ROLE_USER, USER, bare, name_key
 
 from . import catalogue
 from .catalogue import CLASS, LOCAL, NetworkRecord
@@ -155,7 +155,12 @@ class NetworkService:
         return None if usable is None else set(usable)
 
     async def set_grant(self, record: NetworkRecord, target_type: str, target: str, permission: str, value: bool) -> None:
-        await self.agent.permissions.set_permission(entity_key(record.name), KIND, target, permission, value, target_type)
+        if value:
+            await self.agent.permissions.set_permission(entity_key(record.name), KIND, target, permission, True, target_type)
+        else:  # a revocation removes the grant (no explicit "false" row outliving it and shadowing a role)
+            if target_type in (ROLE_USER, ROLE_GROUP):
+                permission = name_key(permission)
+            await self.agent.permissions.store.revoke(entity_key(record.name), target, permission, target_type)
         rows = await self.agent.permissions.store.targets(entity_key(record.name))
         record.grants = [list(row) for row in rows]
         await self.agent.fs.call(catalogue.write, self.base, record, what="write the network catalogue")
