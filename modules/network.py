@@ -103,9 +103,14 @@ async def _named(ctx, uuid: str):
 
 
 async def _visible_networks(ctx):
+    """(name, virNetwork) the sender may use — on a VM, those its owner may use too."""
     svc = service(ctx)
-    await svc.sync()
-    visible = await svc.visible(ctx.sender_bare)
+    visible = await svc.visible(ctx.sender_bare)  # syncs the catalogue first
+    owner = getattr(getattr(ctx.entity, "record", None), "owner", None)
+    if owner and ctx.entity.kind == "vm":
+        for_owner = await svc.visible(owner)
+        if for_owner is not None:
+            visible = for_owner if visible is None else visible & for_owner
     nets = await svc.lv("listAllNetworks", 0)
     out = []
     for net in nets:

@@ -144,8 +144,9 @@ class NetworkService:
             return None
         names = set(site)
         if user:
-            for name in await self.records():
-                if await self.may(user, name, USE):
+            for name, record in (await self.records()).items():
+                here = record.scope == CLASS or record.hypervisor == self.me  # another's local network is not here
+                if here and await self.may(user, name, USE):
                     names.add(name)
         return frozenset(names)
 
@@ -155,6 +156,9 @@ class NetworkService:
         return None if usable is None else set(usable)
 
     async def set_grant(self, record: NetworkRecord, target_type: str, target: str, permission: str, value: bool) -> None:
+        """Change one grant: the store first holds the catalogue's rows (another hypervisor's
+        changes included), then the change, and the result goes back to the catalogue."""
+        await self._mirror(record)
         if value:
             await self.agent.permissions.set_permission(entity_key(record.name), KIND, target, permission, True, target_type)
         else:  # a revocation removes the grant (no explicit "false" row outliving it and shadowing a role)
