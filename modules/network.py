@@ -164,7 +164,7 @@ async def destroy(ctx, uuid):
 def _render_get(payload) -> str:
     lines = []
     for holder in payload:
-        state = "active" if holder.tag.endswith("activedNetworks") and not holder.tag.endswith("unactivedNetworks") else "inactive"
+        state = "inactive" if holder.tag.endswith("unactivedNetworks") else "active"
         for net in holder:
             lines.append(f"{net.findtext('name')} ({state})")
     return "\n".join(lines) or "No networks."
@@ -210,9 +210,9 @@ async def bridges(ctx):
 
 async def _nics(ctx):
     svc = service(ctx)
-    links = await svc.switch.links()
+    links = await svc.switch.links(details=True)  # Ethernet devices that are not bridges, VLANs, veths, taps…
     return [element("nic", {"name": link["ifname"]}) for link in links
-            if link.get("link_type") == "ether" and "linkinfo" not in link]
+            if link.get("link_type") == "ether" and not link.get("linkinfo", {}).get("info_kind")]
 
 
 @_cmd("getnics", help="the host's network interfaces")

@@ -57,8 +57,8 @@ class Switch:
             raise SwitchError(f"{tool} {' '.join(args)}: {err.decode(errors='replace').strip()}")
         return out.decode(errors="replace")
 
-    async def links(self, kind: str | None = None) -> list[dict]:
-        args = ["-j", "link", "show"] + (["type", kind] if kind else [])
+    async def links(self, kind: str | None = None, *, details: bool = False) -> list[dict]:
+        args = (["-d"] if details else []) + ["-j", "link", "show"] + (["type", kind] if kind else [])
         text = await self.run("ip", *args)
         return json.loads(text or "[]")
 

@@ -123,8 +123,8 @@ class PolicyContext:
     name: str
     vm_folder: Path
     library_paths: tuple[Path, ...] = ()
-    allowed_networks: frozenset[str] | None = None
-    allowed_bridges: frozenset[str] = frozenset()
+    allowed_networks: frozenset[str] | None = None   # the owner's: network rights + vm_allowed_networks; None: any
+    allowed_bridges: frozenset[str] = frozenset()      # host bridges, for admins' VMs only
     allow_host_devices: bool = False
     domain_types: frozenset[str] = frozenset({"kvm", "qemu"})
     emulators: tuple[str, ...] = DEFAULT_EMULATORS

@@ -73,6 +73,8 @@ async def test_rights_decide_who_attaches_and_manages(agent, admin, new_user, st
         filters = await student.acp(full, NET_NS, "getnwfilters")
         assert [f.get("name") for f in filters] == ["clean-traffic"]
         assert list(await student.acp(full, NET_NS, "getnics")) == []  # host NICs: admins only
+        nics = {n.get("name") for n in await admin.acp(full, NET_NS, "getnics")}
+        assert nics == host_nics(), nics  # Ethernet devices, not bridges, veths, taps, loopback
         await teacher.acp(hv, NET_NS, "revoke", {"network": name, "target": student.jid, "right": "use"})
         err = await error_of(student.acp(full, DEFINITION, "define", children=[nic_domain(name)]))
         assert err.code == -50 and "is not granted" in err.text, err
@@ -113,3 +115,12 @@ def _xml(stack, name: str) -> str:
         return conn.networkLookupByName(name).XMLDesc(0)
     finally:
         conn.close()
+
+
+def host_nics() -> set[str]:
+    import json
+    import subprocess
+    links = json.loads(subprocess.run(["ip", "-d", "-j", "link", "show"], capture_output=True, text=True,
+                                      check=True).stdout)
+    return {link["ifname"] for link in links
+            if link.get("link_type") == "ether" and not link.get("linkinfo", {}).get("info_kind")}
