@@ -186,6 +186,8 @@ class NetworkService:
         """Catalogue → this hypervisor: rights mirrored, class networks built, orphans removed."""
         async with self._lock:
             records = await self.records()
+            if self.agent.libvirt.connected:  # first: a VNI undefined elsewhere may be reused by a new record
+                await self._remove_orphans(records)
             for record in records.values():
                 await self._mirror(record)
                 if record.scope == CLASS and self.agent.libvirt.connected:
@@ -193,8 +195,6 @@ class NetworkService:
                         await self._ensure_class(record)
                     except (SwitchError, LibvirtFailure) as exc:
                         log.warning("class network %s: %s", record.name, exc)
-            if self.agent.libvirt.connected:
-                await self._remove_orphans(records)
 
     async def _ensure_class(self, record: NetworkRecord) -> None:
         serves_dhcp = record.hypervisor == self.me
@@ -223,8 +223,10 @@ class NetworkService:
             match = _CLASS_BRIDGE.match(await self.lv(net.bridgeName) if await self.lv(net.isActive) else "")
             if match is None or name in records:
                 continue
+            vni = int(match.group(1))
             log.info("class network %s is no longer in the catalogue: removed here", name)
-            await self._teardown(net, int(match.group(1)))
+            in_use = any(r.vni == vni for r in records.values())  # its bridge already serves a newer network
+            await self._teardown(net, None if in_use else vni)
 
     async def _teardown(self, net, vni: int | None) -> None:
         if await self.lv(net.isActive):
@@ -271,7 +273,7 @@ class NetworkService:
                 free = [v for v in range(self.config.vni_range[0], self.config.vni_range[1] + 1) if v not in used]
                 if not free:
                     raise Conflict("no free VXLAN id left in [NETWORKS] vxlan_vni_range")
-                vni = free[0]
+                vni = secrets.choice(free)  # not the lowest: a VNI just freed may still be up on a hypervisor
             self._set_bridge(root, bridge_name(vni) if vni is not None else None, admin)
             text = etree.tostring(root, encoding="unicode")
             record = NetworkRecord(name=name, owner=bare(sender), scope=scope, hypervisor=self.me, xml=text, vni=vni,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import random
 import subprocess
 import uuid as uuidlib
@@ -49,7 +50,9 @@ async def net_admin(stack):
 async def hv_agents(stack, hypervisors, net_admin):
     agents = [hypervisor_agent(stack, hv, {
         "VIRTUALMACHINE": {"vm_allowed_networks": ""},  # rights only
-        "NETWORKS": {"vxlan_device": "mig0", "network_namespace": hv.netns}}) for hv in hypervisors]
+        # one VNI: each test's class network reuses the previous one's (test_a_vni_freed_elsewhere…)
+        "NETWORKS": {"vxlan_device": "mig0", "network_namespace": hv.netns, "vxlan_vni_range": "1000-1000"}})
+        for hv in hypervisors]
     for a in agents:
         a.process.start()
     try:
@@ -338,3 +341,29 @@ async def test_linux_guests_on_two_hypervisors_reach_each_other(stack, hyperviso
             except AcpError:
                 pass
         await teacher.acp(hv1.full_jid, NET_NS, "undefine", {"uuid": name})
+
+
+def links_in(netns: str) -> dict[str, dict]:
+    out = subprocess.run(["ip", "-n", netns, "-j", "link", "show"], capture_output=True, text=True, check=True).stdout
+    return {link["ifname"]: link for link in json.loads(out)}
+
+
+async def test_a_vni_freed_elsewhere_is_reused_cleanly(stack, hypervisors, hv_agents, net_admin):
+    """hv-2 still holds the half of a class network undefined on hv-1 when a new one gets its VNI:
+    its next sync removes the old network without taking the new one's bridge and VXLAN port."""
+    hv1, hv2 = hv_agents
+    first, second = f"va{uuidlib.uuid4().hex[:6]}", f"vb{uuidlib.uuid4().hex[:6]}"
+    await net_admin.acp(hv1.full_jid, NET_NS, "define", {"scope": "class"}, children=[network_xml(first, 7)])
+    await net_admin.acp(hv2.full_jid, NET_NS, "getnames")  # hv-2 builds its half
+    await net_admin.acp(hv1.full_jid, NET_NS, "undefine", {"uuid": first})  # hv-2 is not told
+    reply = await net_admin.acp(hv1.full_jid, NET_NS, "define", {"scope": "class"}, children=[network_xml(second, 8)])
+    vni = reply[0].get("vni")
+    try:
+        await net_admin.acp(hv2.full_jid, NET_NS, "getnames")  # hv-2's sync: old half out, new one in
+        links = links_in(hypervisors[1].netns)
+        assert f"acn{vni}" in links and links.get(f"acv{vni}", {}).get("master") == f"acn{vni}", sorted(links)
+        uri2 = hypervisors[1].libvirt_uri
+        assert libvirt_call(uri2, lambda c: c.networkLookupByName(second).isActive()) == 1
+        assert first not in libvirt_call(uri2, lambda c: c.listNetworks() + c.listDefinedNetworks())
+    finally:
+        await net_admin.acp(hv1.full_jid, NET_NS, "undefine", {"uuid": second})
