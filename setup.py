@@ -42,6 +42,8 @@ setup(
             "snapshots = archipelagent_modules.snapshots",
             "health = archipelagent_modules.health",
             "network = archipelagent_modules.network",
+            "oom = archipelagent_modules.oom",
+            "tags = archipelagent_modules.tags",
         ],
     },
 )

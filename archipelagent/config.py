@@ -131,6 +131,9 @@ class LdapConfig:
     cache_ttl: float
     timeout: float
     ca_file: Path | None = None
+    # Federation: people of these other XMPP domains are the directory's people too
+    # (their server authenticates against this LDAP): <uid>@<domain> is the person uid.
+    federated_domains: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -546,13 +549,21 @@ def _ldap_section(read: _Reader) -> LdapConfig | None:
         raise read.error(section, "ldap_ca_file",
                          f"expected a readable CA bundle, found {str(ca_file)!r} "
                          "(missing or unreadable)")
+    federated = set()
+    for name in read.raw(section, "ldap_federated_domains", optional=True).split():
+        try:
+            _check_domain(name)
+        except ValueError:
+            raise read.error(section, "ldap_federated_domains",
+                             f"expected space-separated XMPP domain names, found {name!r}") from None
+        federated.add(name.lower().rstrip("."))
     return LdapConfig(
         uri=uri, bind_dn=bind_dn, bind_password=bind_password, base_dn=base_dn,
         user_base=user_base, user_filter=user_filter, uid_attribute=uid_attribute,
         group_base=group_base, group_filter=group_filter,
         group_member_attribute=member_attribute,
         admin_groups=frozenset(name.lower() for name in admin_text.split()),
-        cache_ttl=cache_ttl, timeout=timeout, ca_file=ca_file,
+        cache_ttl=cache_ttl, timeout=timeout, ca_file=ca_file, federated_domains=frozenset(federated),
     )
 
 

@@ -71,4 +71,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     setup_logging(config.logging.level, config.logging.file_path, config.logging.max_bytes, config.logging.backup_count)
     log.info("file descriptor limit %d", raise_fd_limit())
+    from .xmpp.tls import limit_tls_read_buffers
+    limit_tls_read_buffers()  # one TLS stream per entity: 256 -> 32 KiB of read buffer each
     return asyncio.run(run(config))

@@ -7,6 +7,8 @@ Prints the median and p99 of a full sample (/proc/stat, meminfo, loadavg,
 uptime, net/dev, mounts + statvfs of the local file systems: what
 modules/health.py runs in a worker thread each interval), the floor, their
 ratio, and the share of one CPU the collector takes at the default interval.
+With 100 VMs (bulk statistics included) and the metrics scrape with 1,000 VMs:
+bench/bench_metrics.py.
 """
 from __future__ import annotations
 

@@ -14,13 +14,16 @@ from .util import log, run
 
 
 class CertAuthority:
-    def __init__(self, directory: Path, domain: str):
+    """``name`` names the server's files: a second server of the rig (the federation's
+    campus server, rig/federation.py) gets its own certificate from the same CA."""
+
+    def __init__(self, directory: Path, domain: str, name: str = "server"):
         self.dir = Path(directory)
         self.domain = domain
         self.ca_key = self.dir / "ca.key"
         self.ca_file = self.dir / "ca.pem"
-        self.server_key = self.dir / "server.key"
-        self.server_cert = self.dir / "server.crt"
+        self.server_key = self.dir / f"{name}.key"
+        self.server_cert = self.dir / f"{name}.crt"
 
     def _valid(self, cert: Path) -> bool:
         if not cert.exists():
@@ -44,12 +47,13 @@ class CertAuthority:
         if self._server_ok():
             return
         log.info("certs: issuing the server certificate for %s", self.domain)
-        csr = self.dir / "server.csr"
-        ext = self.dir / "server.ext"
+        csr = self.server_cert.with_suffix(".csr")
+        ext = self.server_cert.with_suffix(".ext")
         ext.write_text(
             "basicConstraints = critical,CA:FALSE\n"
             "keyUsage = critical,digitalSignature,keyEncipherment\n"
-            "extendedKeyUsage = serverAuth\n"
+            # clientAuth too: a server presents it when it dials a peer (s2s, rig/federation.py)
+            "extendedKeyUsage = serverAuth,clientAuth\n"
             "subjectKeyIdentifier = hash\n"
             "authorityKeyIdentifier = keyid,issuer\n"
             f"subjectAltName = DNS:{self.domain},DNS:*.{self.domain},DNS:localhost,IP:127.0.0.1\n")
@@ -66,10 +70,19 @@ class CertAuthority:
         cp = run(["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", self.server_cert], check=False)
         if f"DNS:{self.domain}" not in cp.stdout:
             return False
+        eku = run(["openssl", "x509", "-noout", "-ext", "extendedKeyUsage", "-in", self.server_cert], check=False)
+        if "Client Authentication" not in eku.stdout:
+            return False
         return run(["openssl", "verify", "-CAfile", self.ca_file, self.server_cert], check=False).returncode == 0
 
     def server_pem(self, dest: Path) -> Path:
         """cert + key + CA chain in one PEM file (what ejabberd's certfiles wants)."""
         dest.write_text(self.server_cert.read_text() + self.server_key.read_text() + self.ca_file.read_text())
         os.chmod(dest, 0o640)
+        return dest
+
+    def ca_pem(self, dest: Path) -> Path:
+        """The CA alone (ejabberd's ``ca_file``: the peers' certificates are checked with it)."""
+        dest.write_text(self.ca_file.read_text())
+        os.chmod(dest, 0o644)
         return dest

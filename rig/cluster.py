@@ -43,7 +43,8 @@ class Cluster:
                         pubsub_domain=first.pubsub_domain, c2s_port=first.c2s_port,
                         http_port=first.http_port, dist_port=first.dist_port, node=self.node_name(k),
                         ldap=first.ldap, admin_jid=first.admin_jid, cert_pem_source=first.cert_pem_source,
-                        loglevel=first.loglevel, listen_ip=f"127.0.0.{k}")
+                        loglevel=first.loglevel, listen_ip=f"127.0.0.{k}", s2s_port=first.s2s_port,
+                        dns_port=first.dns_port, ca_pem_source=first.ca_pem_source)
 
     def add_node(self, k: int = 2) -> Ejabberd:
         """Start node ``k`` with an empty spool and join it to the first node's cluster."""

@@ -42,6 +42,9 @@ LINK_NOTE = "rig-link"
 MAX_EXTRA_NODES = 3  # cluster nodes beyond the first: 127.0.0.2 .. 127.0.0.4 (rig/cluster.py)
 
 
+CAMPUS_IP, CAMPUS_HOST = "127.0.0.9", "archipel-campus"  # the federation's campus server (rig/federation.py)
+
+
 def cluster_host(k: int) -> str:
     """The host name of the k-th node of a rig cluster (k >= 2), at 127.0.0.k in every inetrc."""
     return f"archipel-ej{k}"  # in each system dir: the <state>/ejabberd path that points to it
@@ -58,12 +61,23 @@ class EjabberdError(RigError):
     pass
 
 
+def stop_linked(link: Path | str) -> None:
+    """Stop the ejabberd whose state ``link`` points to, knowing nothing else of it: the
+    extra servers of a rig (cluster nodes, the federation's campus server) when the test
+    that started them died.  Only a beam whose command line names that spool is signalled."""
+    marker = str(system_dir(link) / "spool")
+    pids = pids_matching(["beam.smp", "beam"], marker)
+    if pids:
+        terminate(pids, "ejabberd", timeout=15)
+
+
 class Ejabberd:
     name = "ejabberd"
 
     def __init__(self, link: Path, *, domain: str, pubsub_domain: str, c2s_port: int, http_port: int,
                  dist_port: int, node: str, ldap: dict, admin_jid: str, cert_pem_source,
-                 loglevel: str = "info", listen_ip: str = "127.0.0.1"):
+                 loglevel: str = "info", listen_ip: str = "127.0.0.1", s2s_port: int | None = None,
+                 dns_port: int | None = None, ca_pem_source=None):
         self.link = Path(link).parent.resolve() / Path(link).name  # <state>/ejabberd, a symlink to dir
         self.dir = system_dir(self.link)
         self.etc = self.dir / "etc"
@@ -85,6 +99,11 @@ class Ejabberd:
         # every listener and the Erlang distribution on this address: the nodes of a
         # cluster (rig/cluster.py) share the ports, each on its own loopback address
         self.listen_ip = listen_ip
+        # server-to-server (federation, rig/federation.py): the s2s listener's port, the
+        # port every peer is dialled on, and the rig's DNS (dnsmasq, SRV records only)
+        self.s2s_port = s2s_port if s2s_port is not None else c2s_port + 47
+        self.dns_port = dns_port if dns_port is not None else c2s_port + 31
+        self.ca_pem_source = ca_pem_source  # callable(dest) -> writes the CA peers are checked with
 
     @property
     def api_url(self) -> str:
@@ -148,6 +167,7 @@ class Ejabberd:
         for d in (self.etc, self.spool, self.logs, self.run_dir, self.etc / "modules.d"):
             d.mkdir(parents=True, exist_ok=True)
         pem = self.cert_pem_source(self.etc / "server.pem")
+        ca = self.ca_pem_source(self.etc / "ca.pem") if self.ca_pem_source else pem
         self._copy_web()
         yml = fill_template(TEMPLATE.read_text(), {
             "LOGLEVEL": self.loglevel,
@@ -163,6 +183,8 @@ class Ejabberd:
             "ADMIN_JID": self.admin_jid,
             "WEB_ROOT": self.web_root,
             "LISTEN_IP": self.listen_ip,
+            "S2S_PORT": self.s2s_port,
+            "CA_FILE": ca,
         }, str(TEMPLATE))
         write_text(self.etc / "ejabberd.yml", yml, 0o640)
         write_text(self.etc / "ejabberdctl.cfg", f"""\
@@ -181,11 +203,16 @@ CONTRIB_MODULES_PATH={self.spool / 'contrib'}
 """)
         ip_tuple = "{" + ",".join(self.listen_ip.split(".")) + "}"
         write_text(self.etc / "vm.args", f"-kernel inet_dist_use_interface {ip_tuple}\n")
+        # Names: this node's and the cluster nodes' from here; DNS (the SRV records of
+        # federation) only from the rig's dnsmasq on loopback, never the host's resolver.
         write_text(self.etc / "inetrc",
                    '{lookup,["file","native"]}.\n'
                    f'{{host,{{127,0,0,1}}, ["localhost","{self.domain}","{self.pubsub_domain}"]}}.\n'
                    + "".join(f'{{host,{{127,0,0,{k}}}, ["{cluster_host(k)}"]}}.\n'
-                             for k in range(2, 2 + MAX_EXTRA_NODES)))
+                             for k in range(2, 2 + MAX_EXTRA_NODES))
+                   + f'{{host,{{{CAMPUS_IP.replace(".", ",")}}}, ["{CAMPUS_HOST}"]}}.\n'
+                   + '{resolv_conf,""}.\n{hosts_file,""}.\n'
+                   + f'{{nameserver,{{127,0,0,1}},{self.dns_port}}}.\n')
         # As root, ejabberdctl would `su ejabberd`, and su's pam_limits resets the soft
         # fd limit to 1024: too few sockets for an agent with 1,000 VM entities.
         # setpriv switches user without PAM, so beam keeps our limit.
@@ -230,7 +257,7 @@ CONTRIB_MODULES_PATH={self.spool / 'contrib'}
             shutil.rmtree(self.spool, ignore_errors=True)
         self.write_config()
         check_traversable(self.dir, "ejabberd")
-        ensure_ports_free({"xmpp c2s": self.c2s_port, "http": self.http_port,
+        ensure_ports_free({"xmpp c2s": self.c2s_port, "http": self.http_port, "xmpp s2s": self.s2s_port,
                            "erlang distribution": self.dist_port}, host=self.listen_ip)
         out = self.logs / "ejctl.out"
         rc = spawn_daemon([self.ctl, "start"], out, env=self.env(), cwd=self.dir)

@@ -83,7 +83,8 @@ class Stack:
             c2s_port=self.c2s_port, http_port=self.http_port, dist_port=self.dist_port, node=self.node,
             ldap={"port": self.ldap_port, "rootdn": self.ldap_bind_dn, "password": self.ldap_bind_password,
                   "people_base": f"ou=people,{self.ldap_base_dn}"},
-            admin_jid=self.admin_user["jid"], cert_pem_source=self.certs.server_pem)
+            admin_jid=self.admin_user["jid"], cert_pem_source=self.certs.server_pem,
+            ca_pem_source=self.certs.ca_pem)
         index = list(PROFILES).index(profile)  # demo 0, test 1, devN N+1
         self.libvirtd = Libvirtd(self.state_dir / "libvirt", display_ports=(5900 + 200 * index, 6099 + 200 * index))
         self.hypervisors = Hypervisors(self.state_dir, profile, subnet=index)  # extra, namespaced: start_hypervisors()
@@ -167,7 +168,7 @@ class Stack:
         log.info("rig[%s]: starting in %s", self.profile, self.state_dir)
         self.stop_all_quietly()
         ensure_ports_free({"xmpp c2s": self.c2s_port, "http": self.http_port, "ldap": self.ldap_port,
-                           "erlang distribution": self.dist_port})
+                           "xmpp s2s": self.ejabberd.s2s_port, "erlang distribution": self.dist_port})
         if fresh:
             import shutil
             shutil.rmtree(self.state_dir / "storage", ignore_errors=True)
@@ -234,12 +235,23 @@ class Stack:
             return inner
 
         threads = [threading.Thread(target=guard(f)) for f in
-                   (self.libvirtd.stop, self.hypervisors.stop, self.ejabberd.stop, self.slapd.stop)]
+                   (self.libvirtd.stop, self.hypervisors.stop, self.ejabberd.stop, self.slapd.stop,
+                    self._stop_extra_servers)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         return errors
+
+    def _stop_extra_servers(self) -> None:
+        """Cluster nodes and the federation's campus server and DNS (rig/cluster.py,
+        rig/federation.py), found by their state links, even if their test died."""
+        from .ejabberd import stop_linked
+        from .federation import SrvDns
+        for link in sorted(self.state_dir.glob("ejabberd-*")):
+            if link.is_symlink():
+                stop_linked(link)
+        SrvDns(self.state_dir / "federation", self.ejabberd.dns_port).stop()
 
     # per component -------------------------------------------------------
     def start_ejabberd(self, fresh: bool = False) -> float:

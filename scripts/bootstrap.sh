@@ -33,7 +33,8 @@ PACKAGES=(ejabberd slapd ldap-utils libvirt-daemon libvirt-daemon-driver-qemu li
           qemu-system-x86 qemu-utils libvirt-dev pkg-config iptables dnsmasq-base openssl curl
           fuse libfuse2  # tests/integration/hangfs.py: a FUSE mount the hung-storage test freezes
           pacemaker-cli-utils corosync crmsh drbd-utils  # HA kit's offline validators (never started)
-          chromium fonts-dejavu-core)  # tests/integration/test_web_*.py (Playwright drives Debian's chromium)
+          chromium fonts-dejavu-core  # tests/integration/test_web_*.py (Playwright drives Debian's chromium)
+          dpkg-dev debhelper dh-python python3-all python3-setuptools fakeroot lintian)  # tests/packaging/: the .deb
 
 is_installed() {
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" = "installed" ]

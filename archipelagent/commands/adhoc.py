@@ -104,9 +104,53 @@ class AdhocTransport:
         # routes them: slixmpp starts a new session for an unknown sessionid.
         xmpp.del_event_handler("command", plugin._handle_command_all)
         xmpp.add_event_handler("command", self._on_command)
-        # slixmpp's xep_0050 empties the command list on every bind, so the
-        # commands are (re)added at each session start.
-        xmpp.add_event_handler("session_start", self._add_commands)
+        # The command list is read from the registry when asked, never copied into
+        # slixmpp's per-client disco storage: ``add_command`` keeps ~6 KiB of stanza
+        # objects per command and entity (0.5 MiB for a VM entity's ~80 commands).
+        plugin.api.register(self._get_command, "get_command")
+        disco = xmpp.plugin["xep_0030"]
+        disco.api.register(self._disco_items, "get_items")
+        disco.api.register(self._disco_info, "get_info")
+
+    def _command(self, node: str | None) -> Command | None:
+        namespace, _, action = (node or "").rpartition("#")
+        command = self.entity.agent.registry.lookup(self.entity.kind, namespace, action) if namespace else None
+        return command if command is not None and command.adhoc else None
+
+    @staticmethod
+    def _label(command: Command) -> str:
+        return f"{command.help} ({command.action})"
+
+    def _get_command(self, jid, node, ifrom, args):
+        """xep_0050's lookup of the command a request starts: (name, handler, timeout handler, timeout)."""
+        command = self._command(node)
+        return (self._label(command), self._starter(command), None, 0) if command else None
+
+    def _disco_items(self, jid, node, ifrom, data):
+        disco = self.entity.xmpp.plugin["xep_0030"]
+        if node != COMMANDS_NS:
+            return disco.static.get_items(jid, node, ifrom, data)
+        items = disco.stanza.DiscoItems()
+        items["node"] = COMMANDS_NS
+        for command in self.entity.agent.registry.for_kind(self.entity.kind):
+            if command.adhoc:
+                items.add_item(jid=str(jid), node=command.node, name=self._label(command))
+        return items
+
+    def _disco_info(self, jid, node, ifrom, data):
+        disco = self.entity.xmpp.plugin["xep_0030"]
+        command = self._command(node)
+        if node != COMMANDS_NS and command is None:
+            return disco.static.get_info(jid, node, ifrom, data)
+        info = disco.stanza.DiscoInfo()
+        info["node"] = node
+        if command is None:
+            info.add_identity("automation", "command-list", name="Ad-Hoc commands")
+        else:
+            info.add_identity("automation", "command-node", name=self._label(command))
+            info.add_feature(COMMANDS_NS)
+            info.add_feature("jabber:x:data")
+        return info
 
     async def _on_command(self, iq) -> None:
         sessionid = iq["command"]["sessionid"]
@@ -116,12 +160,6 @@ class AdhocTransport:
                 raise XMPPError("bad-request", "unknown, finished or expired ad-hoc session",
                                 extension="bad-sessionid", extension_ns=COMMANDS_NS)
         await self.entity.xmpp.plugin["xep_0050"]._handle_command_all(iq)
-
-    def _add_commands(self, _event=None) -> None:
-        plugin = self.entity.xmpp.plugin["xep_0050"]
-        for command in self.entity.agent.registry.for_kind(self.entity.kind):
-            if command.adhoc:
-                plugin.add_command(node=command.node, name=f"{command.help} ({command.action})", handler=self._starter(command))
 
     def _starter(self, command: Command):
         async def start(iq, session):

@@ -89,10 +89,13 @@ class Directory:
 
     # ----------------------------------------------------------------- API
     def uid_of(self, jid: str) -> str | None:
-        """The uid a JID stands for, or None when it is not a person of our domain."""
+        """The uid a JID stands for, or None when it is not a person of our domain or of
+        a federated one (``ldap_federated_domains``: the same people on a campus server)."""
         text = str(jid).strip().split("/", 1)[0].lower()
         node, at, domain = text.rpartition("@")
-        if not at or not node or domain != self.domain or len(node) > MAX_NODE_LENGTH:
+        if not at or not node or len(node) > MAX_NODE_LENGTH:
+            return None
+        if domain != self.domain and domain not in self.config.federated_domains:
             return None
         return node
 

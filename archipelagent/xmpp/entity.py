@@ -8,9 +8,7 @@ state that must be re-announced: presence, vCard, pubsub events node.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import ssl
 from typing import TYPE_CHECKING
 
 import slixmpp
@@ -21,6 +19,7 @@ from ..config import is_loopback
 from ..jids import bare_jid
 from .limits import GuardedClientXMPP
 from .provisioning import HttpApiProvisioner, ProvisioningError
+from .tls import client_ssl_context
 from .pubsub import EventsNode
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -29,21 +28,6 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 PLUGINS = ("xep_0004", "xep_0030", "xep_0050", "xep_0054", "xep_0060", "xep_0077", "xep_0092", "xep_0199")
-
-
-@functools.lru_cache(maxsize=None)
-def client_ssl_context(verify: bool, ca_file: str | None) -> ssl.SSLContext:
-    """One TLS context for all entities of the agent.
-
-    slixmpp builds a context per client and loads the system CA bundle into
-    it: ~60 ms of CPU and ~0.9 MiB per entity, which is most of what an entity
-    costs.  Sharing one (read-only once built) removes that.
-    """
-    context = ssl.create_default_context(cafile=ca_file) if ca_file else ssl.create_default_context()
-    if not verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 class Entity:

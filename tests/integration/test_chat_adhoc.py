@@ -69,6 +69,21 @@ async def test_adhoc_listed_and_executed(agent, admin):
     assert "CPUs at" in "\n".join(command["form"].get_values()["result"])
 
 
+async def test_adhoc_nodes_are_described_and_the_entity_info_kept(agent, admin):
+    """The list and each command's disco#info come from the registry (not per-entity copies)."""
+    disco = admin.xmpp.plugin["xep_0030"]
+    listing = await disco.get_info(agent.full_jid, node=COMMANDS_NS, timeout=10)
+    assert ("automation", "command-list") in {i[:2] for i in listing["disco_info"]["identities"]}
+    node = await disco.get_info(agent.full_jid, node=f"{HV_NS}#nodeinfo", timeout=10)
+    identities = list(node["disco_info"]["identities"])
+    assert [(i[0], i[1]) for i in identities] == [("automation", "command-node")]
+    assert "nodeinfo" in identities[0][3]
+    assert COMMANDS_NS in node["disco_info"]["features"]
+    own = await disco.get_info(agent.full_jid, timeout=10)          # the entity itself: unchanged
+    assert HV_NS in own["disco_info"]["features"] and COMMANDS_NS in own["disco_info"]["features"]
+    assert ("client", "bot") in {i[:2] for i in own["disco_info"]["identities"]}
+
+
 async def test_adhoc_refused_for_stranger(agent, new_user):
     stranger = await new_user("stranger")
     result = await stranger.xmpp.plugin["xep_0050"].send_command(agent.full_jid, f"{HV_NS}#capabilities", timeout=10)

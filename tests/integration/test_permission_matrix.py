@@ -44,6 +44,8 @@ SNAP = "archipel:virtualmachine:snapshoting"
 DISK = "archipel:vm:disk"
 NET = "archipel:hypervisor:network"
 NETWORKS_MADE: list[str] = []  # destroyed and undefined after the hypervisor matrix
+OOM = "archipel:vm:oom"
+TAGS = "archipel:tags"
 
 # Commands without a declared permission: their handler applies its own rule.
 NO_PERMISSION = {
@@ -140,6 +142,8 @@ ARGS = {
     **{(NET, action): (lambda s: ({"network": s.names[-1], "target": s.dummy, "right": "use"}, []))
        for action in ("grant", "revoke")},
     (NET, "grants"): lambda s: ({"network": s.names[-1]}, []),
+    (OOM, "setadjust"): lambda s: ({"adjust": "3"}, []),
+    (TAGS, "settags"): lambda s: ({"tags": "matrix"}, []),
 }
 
 

@@ -337,9 +337,10 @@ def test_ejabberd_starts_from_a_state_dir_its_user_cannot_traverse(stack, tmp_pa
     state = home / "archipel" / ".rig" / "dev"
     certs = CertAuthority(state / "ca", stack.domain)
     certs.ensure()
-    c2s, http, dist = _free_ports(3)
+    c2s, http, dist, s2s = _free_ports(4)
     ej = Ejabberd(state / "ejabberd", domain=stack.domain, pubsub_domain=stack.pubsub_domain,
-                  c2s_port=c2s, http_port=http, dist_port=dist, node=f"ejabberd_{unique('t')}@localhost",
+                  c2s_port=c2s, http_port=http, dist_port=dist, s2s_port=s2s,
+                  node=f"ejabberd_{unique('t')}@localhost",
                   ldap={"port": stack.ldap_port, "rootdn": stack.ldap_bind_dn, "password": stack.ldap_bind_password,
                         "people_base": f"ou=people,{stack.ldap_base_dn}"},
                   admin_jid=stack.admin_user["jid"], cert_pem_source=certs.server_pem)

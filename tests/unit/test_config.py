@@ -386,6 +386,14 @@ def test_ldap_explicit_values(tmp_path):
     assert (ldap.cache_ttl, ldap.timeout) == (0.0, 2.5)
 
 
+def test_ldap_federated_domains(tmp_path):
+    assert load_config(with_ldap(tmp_path)).ldap.federated_domains == frozenset()
+    ldap = load_config(with_ldap(tmp_path, ldap_federated_domains="Campus.test  lab.example.org.")).ldap
+    assert ldap.federated_domains == frozenset({"campus.test", "lab.example.org"})
+    with pytest.raises(ConfigError, match=r"\[LDAP\] ldap_federated_domains.*'campus_test!'"):
+        load_config(with_ldap(tmp_path, ldap_federated_domains="campus.test campus_test!"))
+
+
 def test_ldap_disabled_section_is_ignored(tmp_path):
     assert load_config(with_ldap(tmp_path, ldap_enabled="false", ldap_uri="garbage")).ldap is None
 

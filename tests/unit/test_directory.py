@@ -64,6 +64,22 @@ async def test_only_jids_of_the_domain_are_looked_up():
 
 
 @pytest.mark.asyncio
+async def test_a_federated_domain_maps_to_the_same_person():
+    """ldap_federated_domains: the campus server's users are the directory's people."""
+    from dataclasses import replace
+    directory = Directory(replace(config(), federated_domains=frozenset({"campus.test"})), "archipel.test")
+    directory._lookup = lambda uid: (DirectoryUser(uid, f"uid={uid},ou=people,dc=archipel,dc=test", "", "",
+                                                   frozenset({"students"})) if uid == "student1" else None)
+    try:
+        assert directory.uid_of("student1@campus.test/phone") == "student1"
+        assert (await directory.groups("Student1@Campus.test")) == {"students"}
+        assert directory.uid_of("student1@elsewhere.test") is None   # only the listed domains
+        assert directory.uid_of("student1@sub.campus.test") is None
+    finally:
+        await directory.close()
+
+
+@pytest.mark.asyncio
 async def test_positive_and_negative_answers_are_cached_for_the_ttl():
     directory, calls, clock = stubbed(ttl=60)
     try:

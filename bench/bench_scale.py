@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""One agent holding N VM entities, against what ejabberd itself can do (issue 16 item 2).
+
+For each N (100, 500, 1,000 by default), on the real stack:
+
+(a) the floor: a raw login storm of the same N VM accounts (bare slixmpp clients,
+    one shared TLS context, connect + STARTTLS + SASL + bind + presence, all at
+    once), time until every session is up;
+(b) agent restart -> every VM entity seen online (available presence) by a
+    subscribed admin; the ratio (b)/(a) (goal <= 1.5);
+(c) the agent's RSS per entity (RSS with N entities minus RSS with none, / N;
+    goal <= 0.4 MiB);
+(d) a reconnect storm: ejabberd restarted under the running agent, time until
+    every entity is online again and the peak of logins per second (the agent's
+    jittered backoff spreads them: [XMPP] reconnect_min_delay/max_delay).
+
+    .venv/bin/python bench/bench_scale.py [--sizes 100 500 1000] [--profile test]
+
+The VMs are defined in the rig's libvirtd, never started (this measures XMPP).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import sqlite3
+import ssl
+import time
+
+import slixmpp
+
+from bench_vms import PresenceClock, alloc_many, rss_mib
+from common import running_agent
+
+
+async def raw_login_storm(stack, accounts: list[tuple[str, str]], timeout: float = 600) -> float:
+    """Seconds until all ``accounts`` have a session (bare clients, all at once)."""
+    context = ssl.create_default_context(cafile=str(stack.ca_file))
+    loop = asyncio.get_running_loop()
+    clients, ready = [], []
+    for jid, password in accounts:
+        client = slixmpp.ClientXMPP(f"{jid}/storm", password, ssl_context=context)
+        client.enable_direct_tls = False
+        done = loop.create_future()
+
+        def started(_event, client=client, done=done):
+            client.send_presence()
+            if not done.done():
+                done.set_result(time.monotonic())
+        client.add_event_handler("session_start", started)
+        clients.append(client)
+        ready.append(done)
+    t0 = time.monotonic()
+    for client in clients:
+        client.connect(stack.xmpp_host, stack.c2s_port)
+    finished = await asyncio.wait_for(asyncio.gather(*ready), timeout)
+    elapsed = max(finished) - t0
+    await asyncio.gather(*(c.disconnect(wait=0.5) for c in clients), return_exceptions=True)
+    await asyncio.sleep(1)
+    return elapsed
+
+
+def vm_accounts(lib_dir) -> list[tuple[str, str]]:
+    conn = sqlite3.connect(f"file:{lib_dir / 'hypervisor.sqlite3'}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT jid, password FROM vms").fetchall()
+    finally:
+        conn.close()
+
+
+def peak_rate(times: list[float]) -> int:
+    """The most logins seen within one second."""
+    buckets = collections.Counter(int(t) for t in times)
+    return max(buckets.values()) if buckets else 0
+
+
+async def bench(n: int) -> None:
+    async with running_agent() as (stack, agent, admin):
+        clock = PresenceClock(admin)
+        await asyncio.sleep(2)
+        base_rss = rss_mib(agent.process.proc.pid)
+        t0 = time.monotonic()
+        jids = await alloc_many(admin, agent.full_jid, n, f"s{n}")
+        await clock.wait_online(set(jids), t0, 900)
+        alloc_s = time.monotonic() - t0
+        agent.process.stop()
+        await asyncio.sleep(2)
+        raw_s = await raw_login_storm(stack, vm_accounts(agent.lib_dir))
+        t1 = time.monotonic()
+        agent.process.start()
+        online_s = await clock.wait_online(set(jids), t1, 900)
+        await asyncio.sleep(5)  # let the entities finish their set-up (roster, vCard, pubsub)
+        rss = rss_mib(agent.process.proc.pid)
+        # (d) reconnect storm
+        t2 = time.monotonic()
+        await asyncio.to_thread(stack.restart_ejabberd)
+        await admin.reconnect()
+        storm_s = await clock.wait_online(set(jids), t2, 900)
+        seen = [clock.last[j] for j in jids]
+        print(f"N={n:<5} alloc {alloc_s:6.1f} s | raw login storm {raw_s:6.2f} s | agent restart -> all online "
+              f"{online_s:6.2f} s  ratio {online_s / raw_s:4.2f} (goal <= 1.5) | RSS {rss:.0f} MiB, "
+              f"{(rss - base_rss) / n:.3f} MiB/entity (goal <= 0.4) | ejabberd restart -> all online "
+              f"{storm_s:6.2f} s, peak {peak_rate(seen)} logins/s", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[100, 500, 1000])
+    args = parser.parse_args()
+    for n in args.sizes:
+        asyncio.run(bench(n))
+
+
+if __name__ == "__main__":
+    main()

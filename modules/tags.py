@@ -1,0 +1,113 @@
+"""``archipel:tags`` settags: an entity's tags, published in the pubsub node ``/archipel/tags``.
+
+Archipel's shape (reference §2.1, §5): ``settags tags="a,b"`` on the hypervisor
+or a VM (permission ``settags``), an empty reply, and one item per entity in
+``/archipel/tags``: ``<tag jid="<bare jid>" tags="a,b"/>``, which the web
+client reads for its "Étiquettes".  Differences on purpose:
+
+* the node is created by the hypervisor entity (``xmpp/pubsub.ensure_node``:
+  access model ``presence``, only the owner publishes), not by an admin tool
+  with an open model; the hypervisor publishes for its VMs too;
+* the item id is the entity's bare JID, so a new publication replaces the old
+  one (Archipel retracted the old item and published a new random id);
+  ``tags=""`` retracts it;
+* tags are checked: at most 32, each 1-64 characters without control
+  characters, duplicates dropped; anything else is refused with -46.
+
+The node is the store: ejabberd persists its items (``max_items`` 1000).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+import xml.etree.ElementTree as ET
+
+from slixmpp.exceptions import IqError, IqTimeout
+
+from archipelagent.commands import Arg, CommandSet
+from archipelagent.errors import Unavailable
+from archipelagent.xmpp.pubsub import ensure_node
+
+log = logging.getLogger(__name__)
+
+NS = "archipel:tags"
+TAGS_NODE = "/archipel/tags"
+MAX_TAGS, MAX_TAG_LENGTH = 32, 64
+TIMEOUT = 10
+NODE_CONFIG = {
+    "pubsub#access_model": "presence",  # those who see the hypervisor (holders of its presence permission)
+    "pubsub#publish_model": "publishers",
+    "pubsub#deliver_notifications": "1",
+    "pubsub#deliver_payloads": "1",
+    "pubsub#persist_items": "1",
+    "pubsub#max_items": "1000",
+    "pubsub#send_last_published_item": "never",
+}
+
+
+def parse_tags(raw: str) -> tuple[str, ...]:
+    """``"a, b,,a"`` → ``("a", "b")``; ValueError names what is wrong."""
+    tags: dict[str, None] = {}
+    for part in raw.split(","):
+        tag = part.strip()
+        if not tag:
+            continue
+        if len(tag) > MAX_TAG_LENGTH:
+            raise ValueError(f"a tag has at most {MAX_TAG_LENGTH} characters, {tag[:16]!r}… has {len(tag)}")
+        if any(ord(c) < 32 or ord(c) == 127 for c in tag):
+            raise ValueError("a tag cannot hold control characters")
+        tags.setdefault(tag)
+    if len(tags) > MAX_TAGS:
+        raise ValueError(f"at most {MAX_TAGS} tags, got {len(tags)}")
+    return tuple(tags)
+
+
+_ENSURED: "weakref.WeakKeyDictionary[object, bool]" = weakref.WeakKeyDictionary()  # per hypervisor client
+_LOCKS: "weakref.WeakKeyDictionary[object, asyncio.Lock]" = weakref.WeakKeyDictionary()
+
+
+async def publish_tags(hypervisor, jid: str, tags: tuple[str, ...]) -> None:
+    """Make ``/archipel/tags`` hold ``tags`` for ``jid`` (published by the online hypervisor entity)."""
+    if hypervisor is None or not hypervisor.online.is_set():
+        raise Unavailable("the hypervisor is not connected to the XMPP server")
+    xmpp = hypervisor.xmpp
+    service = hypervisor.agent.config.pubsub_server
+    pubsub = xmpp.plugin["xep_0060"]
+    lock = _LOCKS.setdefault(xmpp, asyncio.Lock())
+    async with lock:
+        for attempt in (1, 2):
+            if not _ENSURED.get(xmpp):
+                if not await ensure_node(xmpp, service, TAGS_NODE, NODE_CONFIG):
+                    raise Unavailable(f"the pubsub node {TAGS_NODE} cannot be used (see the agent's log)")
+                _ENSURED[xmpp] = True
+            try:
+                if tags:
+                    await pubsub.publish(service, TAGS_NODE, id=jid,
+                                         payload=ET.Element("tag", {"jid": jid, "tags": ",".join(tags)}),
+                                         timeout=TIMEOUT)
+                else:
+                    await pubsub.retract(service, TAGS_NODE, jid, notify=True, timeout=TIMEOUT)
+                return
+            except IqError as exc:
+                if not tags and exc.condition == "item-not-found":
+                    return  # no tags before, none now
+                if exc.condition == "item-not-found" and attempt == 1:
+                    _ENSURED[xmpp] = False  # the node was deleted meanwhile: create it again
+                    continue
+                raise Unavailable(f"pubsub refused the tags: {exc.condition}") from None
+            except IqTimeout:
+                raise Unavailable("pubsub did not answer in time") from None
+
+
+commands = CommandSet()
+
+
+@commands.command(NS, "settags", kinds=("hypervisor", "vm"), permission="settags",
+                  permission_description="Set the tags of this entity",
+                  args=(Arg("tags", parse=parse_tags, required=False, default=(), rest=True,
+                            help=f"comma-separated tags (at most {MAX_TAGS}); empty clears them"),),
+                  chat=("settags", "tags"), help="set this entity's tags (comma-separated), shown by the web client")
+async def settags(ctx, tags):
+    await publish_tags(ctx.agent.hypervisor, ctx.entity.jid, tags)
+    return None
