@@ -43,6 +43,7 @@ setup(
             "snapshots = archipelagent_modules.snapshots",
             "classes = archipelagent_modules.classes",
             "health = archipelagent_modules.health",
+            "network = archipelagent_modules.network",
             "oom = archipelagent_modules.oom",
             "tags = archipelagent_modules.tags",
             "vnc = archipelagent_modules.vnc",

@@ -162,9 +162,11 @@ class VMManager:
         except Unavailable as exc:
             log.warning("VM %s: owner's admin status unknown (%s); judged as a non-admin's VM", uuid, exc)
             owner_is_admin = False
+        networks = self.agent.module_services.get("network")  # modules/network.py: rights per network
+        allowed_networks = await networks.usable(owner) if networks is not None else vm.allowed_networks
         return PolicyContext(
             uuid=uuid, name=name, vm_folder=self.folder(uuid).resolve(), allow_host_devices=vm.enable_block_device_access,
-            allowed_networks=vm.allowed_networks, allowed_bridges=vm.allowed_bridges,
+            allowed_networks=allowed_networks, allowed_bridges=vm.allowed_bridges,
             library_paths=tuple(self.agent.library_paths),  # declared by the storage module
             owner_is_admin=owner_is_admin, host_memory_kib=node["memory_kib"], host_cpus=node["nrCPU"],
             max_memory_kib=vm.max_memory_kib, max_vcpus=vm.max_vcpus,

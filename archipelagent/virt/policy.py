@@ -123,8 +123,8 @@ class PolicyContext:
     name: str
     vm_folder: Path
     library_paths: tuple[Path, ...] = ()
-    allowed_networks: frozenset[str] | None = None
-    allowed_bridges: frozenset[str] = frozenset()
+    allowed_networks: frozenset[str] | None = None   # the owner's: network rights + vm_allowed_networks; None: any
+    allowed_bridges: frozenset[str] = frozenset()      # host bridges, for admins' VMs only
     allow_host_devices: bool = False
     domain_types: frozenset[str] = frozenset({"kvm", "qemu"})
     emulators: tuple[str, ...] = DEFAULT_EMULATORS
@@ -746,9 +746,13 @@ def _check_interface(iface, ctx, judged):
     if iface_type == "network":
         network = source.get("network")
         if not network or (ctx.allowed_networks is not None and network not in ctx.allowed_networks):
-            raise _refuse(source, f"network '{network}' is not allowed")
+            raise _refuse(source, f"network '{network}' is not granted to the VM's owner "
+                                  "(its manager grants 'use': archipel:hypervisor:network grant)")
     else:
         bridge = source.get("bridge")
+        if not ctx.owner_is_admin:  # host bridges are for admins; others use a network granted to them
+            raise _refuse(source, f"bridge '{bridge}' is a host bridge: only an admin's VM may use one; "
+                                  "attach the NIC to a network granted to you")
         if bridge not in ctx.allowed_bridges:
             raise _refuse(source, f"bridge '{bridge}' is not allowed")
     if not ctx.owner_is_admin:

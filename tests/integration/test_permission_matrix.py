@@ -42,6 +42,8 @@ SUBS = "archipel:subscription"
 DEF = "archipel:vm:definition"
 SNAP = "archipel:virtualmachine:snapshoting"
 DISK = "archipel:vm:disk"
+NET = "archipel:hypervisor:network"
+NETWORKS_MADE: list[str] = []  # destroyed and undefined after the hypervisor matrix
 OOM = "archipel:vm:oom"
 TAGS = "archipel:tags"
 SCHED = "archipel:entity:scheduler"
@@ -167,9 +169,22 @@ ARGS = {
     (DISK, "resize"): lambda s: ({"name": s.names[-1], "size": "2", "unit": "M"}, []),
     (DISK, "convert"): lambda s: ({"name": s.names[-1], "format": "raw"}, []),
     (DISK, "setgolden"): lambda s: ({"name": s.names[-1], "golden": s.name("gold")}, []),
+    (NET, "define"): lambda s: ({}, [_network(s.name("mxnet"))]),
+    **{(NET, action): (lambda s: ({"uuid": s.names[-1]}, [])) for action in ("undefine", "create", "destroy")},
+    **{(NET, action): (lambda s: ({"network": s.names[-1], "target": s.dummy, "right": "use"}, []))
+       for action in ("grant", "revoke")},
+    (NET, "grants"): lambda s: ({"network": s.names[-1]}, []),
     (OOM, "setadjust"): lambda s: ({"adjust": "3"}, []),
     (TAGS, "settags"): lambda s: ({"tags": "matrix"}, []),
 }
+
+
+def _network(name: str) -> ET.Element:
+    """An isolated network without address (a bridge only: no dnsmasq, no firewall rule)."""
+    NETWORKS_MADE.append(name)
+    el = ET.Element("network")
+    el.append(_text("name", name))
+    return el
 
 
 async def _prepare_role(admin, hv, s: Scene) -> None:
@@ -203,12 +218,29 @@ async def _prepare_job_right(admin, hv, s: Scene) -> None:
         await grant(admin, vm_full(s.vm, hv.split("/")[0]), s.sender, VM_PERMISSIONS["free"])
 
 
+async def _prepare_network(admin, hv, s: Scene) -> None:
+    """A network the admin defines and lets the requester manage (the network's own right)."""
+    name = unique_name("mxnet")
+    await admin.acp(hv, NET, "define", children=[_network(name)])
+    await admin.acp(hv, NET, "grant", {"network": name, "target": s.sender, "right": "manage"})
+    s.names[-1] = name
+
+
+async def _remove_networks(admin, hv: str) -> None:
+    for name in NETWORKS_MADE:
+        try:
+            await admin.acp(hv, NET, "undefine", {"uuid": name})
+        except AcpError:
+            pass
+
+
 # Requests that need something made first (by the admin), per call.
 PREPARE = {
     (SCHED, "schedule"): _prepare_job_right,
     (HV_PARK, "park"): _prepare_vm_park_right,
     (CLASSES, "provision"): _prepare_role,
     (PERMS, "delrole"): _prepare_role,
+    **{(NET, action): _prepare_network for action in ("undefine", "create", "destroy", "grant", "revoke", "grants")},
     **{(DISK, action): _prepare_disk for action in ("delete", "rename", "resize", "convert", "setgolden")},
 }
 
@@ -343,6 +375,7 @@ async def test_hypervisor_matrix(agent, admin, new_user, stack):
                         pass
     finally:
         await _free_quietly(admin, hv, [shared, *made])
+        await _remove_networks(admin, hv)
 
 
 async def _definition(admin, full: str) -> ET.Element:

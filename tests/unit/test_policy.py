@@ -176,8 +176,12 @@ def test_any_network_when_unrestricted(ctx):
     check_domain(domain(ctx, "<interface type='network'><source network='lab'/></interface>"), open_ctx)
 
 
-def test_interface_on_allowed_bridge_is_accepted(ctx):
-    check_domain(domain(ctx, "<interface type='bridge'><source bridge='br-students'/></interface>"), ctx)
+def test_interface_on_allowed_bridge_is_accepted_for_an_admin_only(ctx):
+    xml = domain(ctx, "<interface type='bridge'><source bridge='br-students'/></interface>")
+    check_domain(xml, dataclasses.replace(ctx, owner_is_admin=True))
+    with pytest.raises(PolicyViolation) as err:  # a host bridge: never a non-admin's (issue 13)
+        check_domain(xml, ctx)
+    assert err.value.element == "devices/interface/source" and "is a host bridge" in err.value.reason
 
 
 def test_vnc_on_loopback_is_accepted(ctx):
@@ -399,7 +403,7 @@ def test_missing_uuid_is_the_entitys(ctx):
 
 def test_nic_of_a_non_admin_gets_clean_traffic(ctx):
     xml = domain(ctx, "<interface type='network'><source network='students'/></interface>"
-                      "<interface type='bridge'><source bridge='br-students'/>"
+                      "<interface type='network'><source network='default'/>"
                       "<filterref filter='clean-traffic'/></interface>")
     root = check_domain(xml, ctx)
     for iface in root.iterfind("devices/interface"):
