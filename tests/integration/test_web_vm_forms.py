@@ -6,6 +6,7 @@ page at phone width by keyboard."""
 from __future__ import annotations
 
 import re
+import xml.etree.ElementTree as ET
 
 import libvirt
 from playwright.async_api import expect
@@ -17,9 +18,18 @@ from web_browser import (add_contact, browser, contact, error_line, open_app, op
                          status_line, tab, user_page)
 
 
+NET_NS = "archipel:hypervisor:network"
+
+
 async def test_alloc_with_memory_and_vcpus_then_xml_editor_nics_and_chat(browser, stack, agent, admin):  # noqa: F811
     student = stack.user("student2")
     await grant(admin, agent.full_jid, student["jid"], "presence", "alloc")
+    # a network granted to the student: the definition form offers it
+    lab = unique_name("weblab").lower()
+    third = 1 + sum(map(ord, lab)) % 250      # an admin's network: outside the students' pool
+    await admin.acp(agent.full_jid, NET_NS, "define", children=[ET.fromstring(
+        f"<network><name>{lab}</name><ip address='10.231.{third}.1' prefix='24'/></network>")])
+    await admin.acp(agent.full_jid, NET_NS, "grant", {"network": lab, "target": student["jid"], "right": "use"})
     async with user_page(browser, stack) as page:
         await open_app(page, student)
         await add_contact(page, agent.jid)
@@ -53,11 +63,13 @@ async def test_alloc_with_memory_and_vcpus_then_xml_editor_nics_and_chat(browser
         await xml_box.fill(hostile)
         await page.get_by_role("button", name="Define from XML").click()
         await expect(error_line(page)).to_have_text(re.compile(r"^Define from XML: .*interface type 'ethernet' is not allowed"))
+        # the networks this VM may use are offered (network getnames); another one is refused
+        await expect(page.locator(f"#vm-usable-networks option[value='{lab}']")).to_have_count(1)
         # a NIC on a network the agent does not allow: its own text
         await page.get_by_role("button", name="Add a NIC").click()
         await page.get_by_label("Network name").fill("not-for-students")
         await page.get_by_role("button", name="Save definition").click()
-        await expect(error_line(page)).to_have_text(re.compile(r"^Save definition: .*network 'not-for-students' is not allowed"))
+        await expect(error_line(page)).to_have_text(re.compile(r"^Save definition: .*network 'not-for-students' is not granted to the VM's owner"))
         assert libvirt_xml(stack, uuid).find("devices/interface") is None
 
         # an LDAP group's grant, then its revocation, from the Permissions tab

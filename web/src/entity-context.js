@@ -13,6 +13,7 @@ export const NS = {
   QUOTA: "archipel:quota",
   AUDIT: "archipel:audit",
   HEALTH: "archipel:hypervisor:health",
+  NET: "archipel:hypervisor:network",
 };
 
 export class EntityContext {

@@ -15,6 +15,8 @@ export function definitionSection(ctx, panel) {
   const boot = h("select", { id: "vm-boot" }, BOOT_ORDERS.map(([v, t]) => h("option", { value: v }, t)));
   const iso = h("select", { id: "vm-iso" }, h("option", { value: "" }, "Empty drive"));
   const nets = h("div", { class: "nics", role: "group", "aria-label": "Network interfaces" });
+  // the networks this VM's NICs may use (network getnames): offered, not imposed (the agent decides)
+  const usable = h("datalist", { id: "vm-usable-networks" });
   const addNic = h("button", { type: "button", onclick: () => { nets.append(nicRow("")); dirty = true; } }, "Add a NIC");
   const save = h("button", { type: "submit" }, "Save definition");
   const form = h("form", { class: "card def-form", "aria-label": "Definition",
@@ -24,7 +26,7 @@ export function definitionSection(ctx, panel) {
   h("label", { for: "vm-vcpus" }, "vCPUs"), vcpus,
   h("label", { for: "vm-boot" }, "Boot order"), boot,
   h("label", { for: "vm-iso" }, "CD drive (ISO library)"), iso,
-  h("span", { class: "label" }, "NICs (libvirt networks you may use)"), nets, addNic,
+  h("span", { class: "label" }, "NICs (libvirt networks you may use)"), nets, usable, addNic,
   h("div", { class: "row" }, save));
   const xml = h("textarea", { id: "vm-xml", rows: "14", spellcheck: "false" });
   const xmlForm = h("form", { class: "card xml-form", "aria-label": "Raw XML",
@@ -33,7 +35,8 @@ export function definitionSection(ctx, panel) {
   panel.append(form, xmlForm);
 
   function nicRow(network) {
-    const input = h("input", { type: "text", value: network, "aria-label": "Network name", placeholder: "default", class: "nic" });
+    const input = h("input", { type: "text", value: network, "aria-label": "Network name", placeholder: "default",
+      class: "nic", list: "vm-usable-networks" });
     const row = h("div", { class: "row" }, input,
       h("button", { type: "button", "aria-label": `Remove NIC ${network}`, onclick: () => { row.remove(); dirty = true; } }, "Remove"));
     return row;
@@ -61,6 +64,11 @@ export function definitionSection(ctx, panel) {
       if (ctx.may("drives_getiso") && iso.options.length === 1) {
         for (const el of await ctx.items(NS.DISK, "getiso")) {
           iso.append(h("option", { value: el.getAttribute("path") }, el.getAttribute("name")));
+        }
+      }
+      if (ctx.may("network_getnames") && !usable.children.length) {
+        for (const net of await ctx.items(NS.NET, "getnames")) {
+          usable.append(h("option", { value: net.getAttribute("name") }));
         }
       }
       const el = (await ctx.items(NS.VM, "xmldesc"))[0];
