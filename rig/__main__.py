@@ -110,6 +110,27 @@ def _demo_hypervisors(st: Stack, count: int) -> list[list[str]]:
     return cmds
 
 
+DEMO_GOLDEN = "blank"  # README: class provision ... --golden blank
+
+
+def seed_demo_golden(vm_base_path: Path) -> Path:
+    """A golden image for the README's class example: an empty 1 GiB qcow2 in the
+    default golden folder (<vm_base_path>/../golden), its format recorded the way
+    the agent records the images it makes (it never guesses a format)."""
+    from archipelagent.storage.images import _read_records, _write_records  # the venv's agent
+
+    folder = (vm_base_path / ".." / "golden").resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    image = folder / f"{DEMO_GOLDEN}.qcow2"
+    if not image.exists():
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "1G"], check=True)
+        image.chmod(0o444)  # golden images are read-only
+    records = _read_records(folder)
+    records[image.name] = "qcow2"
+    _write_records(folder, records)
+    return image
+
+
 def cmd_demo(args) -> int:
     st = Stack(profile=args.profile, state_dir=args.state_dir)
     stop_signal: list[int] = []
@@ -125,6 +146,7 @@ def cmd_demo(args) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         st.start()
+        seed_demo_golden(st.storage_dir)
         agent_dir = st.state_dir / "agent"
         lib = agent_dir / "lib"
         shutil.rmtree(lib, ignore_errors=True)  # the server side was reset: so is the agent's state
