@@ -161,8 +161,8 @@ class Agent:
         for module in reversed(self.modules):
             await module.teardown(self)
         await self.libvirt.stop()
+        await self.ha.stop()  # withdraws the lease (hypervisor/ha.py)
         self.fs.close()
-        self.ha.close()
         if self.audit:  # after the entities: their last answers are recorded too
             await self.audit.close()
         if self.permissions:

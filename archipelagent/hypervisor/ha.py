@@ -9,6 +9,7 @@
   ``<vm_base_path>/.archipel-ha/leases/<its JID>.json`` (its JID, the wall-clock time, the
   UUIDs of its running HA VMs), atomically (temporary file + rename), off the event loop in a
   storage pool of its own (a hung mount costs it two threads, not the agent's pool).
+  A clean agent stop withdraws the lease (the host's QEMUs run on without their agent).
 * **Death**: a host is dead when its lease is older than ``ha_lease_ttl`` *and* it is gone
   from XMPP presence (peers group): one signal alone (a slow storage, a lost stream) is not
   enough.
@@ -367,7 +368,16 @@ class HA:
             log.warning("HA: flag of %s not rewritten yet (next lease round): %s", uuid, exc)
         log.info("HA: VM %s (%s) restarted here", record.name, uuid)
 
-    def close(self) -> None:
+    async def stop(self) -> None:
+        """A clean stop withdraws our lease: the agent is away, not the host -- its QEMUs run on,
+        and the survivors must not try to restart them (the locks would refuse, noisily)."""
+        hv = self.agent.hypervisor
+        if hv is not None:
+            try:
+                await self.fs.call(lambda: (self.root / "leases" / f"{hv.jid}.json").unlink(missing_ok=True),
+                                   timeout=5, what="HA lease withdrawal")
+            except (OSError, Unavailable) as exc:
+                log.warning("HA: lease not withdrawn: %s", exc)
         self.fs.close()
 
     def status(self) -> ET.Element:

@@ -246,3 +246,14 @@ async def test_a_dead_host_that_comes_back_forgets_the_restarted_vms(stack, hype
     for u in back_here:
         with pytest.raises(AcpError):  # no entity of it here any more
             await admin.acp(f"{u}@{stack.domain}/{hv_a.name}", CONTROL, "info", timeout=5)
+
+
+async def test_a_clean_agent_stop_withdraws_its_lease(stack, hypervisors, agents, admin):
+    """SIGTERM: the agent is away, not the host (its QEMUs run on): nobody may judge it dead."""
+    hv_b, b = hypervisors[1], agents[1]
+    await _until(lambda: _lease(stack, hv_b) is not None, "hv-2 has a lease")
+    b.process.stop()
+    assert _lease(stack, hv_b) is None
+    b.process.start()
+    await b.wait_ready(admin)
+    await _until(lambda: _lease(stack, hv_b) is not None, "hv-2 renews its lease again")
