@@ -21,6 +21,7 @@ from .config import AgentConfig
 from .fsio import StorageIO
 from .metrics import Metrics, read_config as metrics_config
 from .modules import FeatureModule, load_modules
+from .hypervisor.ha import HA
 from .hypervisor.maintenance import Maintenance
 from .hypervisor.migrations import Migrations
 from .hypervisor.commands import EXTRA_PERMISSIONS as vm_target_permissions, commands as hypervisor_commands
@@ -90,6 +91,7 @@ class Agent:
         self.vms = VMManager(self)
         self.migrations = Migrations(self)  # live migration, source and destination (hypervisor/migrations.py)
         self.maintenance = Maintenance(self)  # refuses new VMs, evacuates (hypervisor/maintenance.py)
+        self.ha = HA(self)  # lease, dead hosts' HA VMs restarted here (hypervisor/ha.py)
         self.quotas = QuotaCenter(self)  # every quota check and the per-owner locks (quotas.py)
         self.storage_settings = StorageSettings.from_config(config)  # ConfigError on a bad [STORAGE] key
         self.storage_health: StorageHealth | None = None  # see storage/health.py
@@ -140,6 +142,7 @@ class Agent:
         await self.vms.load()
         if self.libvirt.connected:  # a migration half-done while this agent was away
             await self.migrations.reconcile()
+        self.ha.start()
         for module in self.modules:  # the entities exist: modules whose work names them start it
             await module.ready(self)
         self.metrics.start(self)
@@ -158,6 +161,7 @@ class Agent:
         for module in reversed(self.modules):
             await module.teardown(self)
         await self.libvirt.stop()
+        await self.ha.stop()  # withdraws the lease (hypervisor/ha.py)
         self.fs.close()
         if self.audit:  # after the entities: their last answers are recorded too
             await self.audit.close()

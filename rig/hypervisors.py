@@ -19,7 +19,11 @@ for hypervisor i runs in the host's network namespace (ejabberd and slapd on
 (:meth:`Hypervisor.nsenter`), where it sees the shared storage and reaches
 its libvirtd by the unix socket.
 
-Stop is by PID (libvirtd, then its QEMUs), then the namespaces are deleted.
+Locks: each hypervisor runs a virtlockd next to its libvirtd (``lock_manager = "lockd"``) with
+its lock files in ``<shared>/.lockspace``: a disk opened by one hypervisor's QEMU cannot be
+opened by another's (the network-partition case of HA restart, hypervisor/ha.py).
+
+Stop is by PID (libvirtd, then its QEMUs, then virtlockd), then the namespaces are deleted.
 """
 from __future__ import annotations
 
@@ -43,7 +47,8 @@ class Hypervisor:
         self.address = f"{SUBNET}.{group.subnet}.{index}"
         self.dir = group.dir / self.name
         self.libvirtd = Libvirtd(self.dir / "libvirt", listen_addr=self.address,
-                                 extra_binds=((group.shared_backing, group.shared_path),))
+                                 extra_binds=((group.shared_backing, group.shared_path),),
+                                 lockspace=group.shared_path / ".lockspace")
 
     @property
     def libvirt_uri(self) -> str:

@@ -156,6 +156,26 @@ async def peerinfo(ctx):
     return await ctx.agent.maintenance.peer_info()
 
 
+@commands.command(
+    NS, "harestart", kinds=("hypervisor",), permission=None, adhoc=False,
+    args=(Arg("uuid", help="the dead host's HA VM to start here"),),
+    help="a peer that took over a dead host asks this one to restart one of its HA VMs",
+)
+async def harestart(ctx, uuid):
+    """Served only to peers (hypervisor/ha.py); refused in maintenance like any arrival."""
+    if not is_peer(ctx.entity, ctx.sender):
+        raise PermissionDenied("only a peer hypervisor may ask for harestart")
+    ctx.agent.maintenance.require_off("HA restart")
+    await ctx.agent.ha.restart(uuid)
+    return None
+
+
+@commands.command(NS, "hastatus", kinds=("hypervisor",), adhoc=False, chat=("ha status",),
+                  help="HA lease settings, the dead hosts' VMs restarted here and the refused restarts")
+async def hastatus(ctx):
+    return ctx.agent.ha.status()
+
+
 def _render_peers(payload) -> str:
     if not payload:
         return "No peer hypervisors."

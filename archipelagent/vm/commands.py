@@ -173,6 +173,18 @@ async def autostart(ctx, value):
     await ctx.agent.libvirt.call(dom.setAutostart, 1 if value else 0)
 
 
+@_vm(namespace=CONTROL, action="setha", args=(Arg("value", parse=bool_01, help="0 or 1"),), chat=("setha",),
+     help="restart this VM on another hypervisor if its host dies (0 or 1)")
+async def setha(ctx, value):
+    """The flag is a file on the shared storage (hypervisor/ha.py): every peer can read it."""
+    await ctx.agent.ha.set(ctx.entity, value)
+
+
+@_vm(namespace=CONTROL, action="getha", chat=("getha", "ha"), help="whether this VM is restarted elsewhere if its host dies")
+async def getha(ctx):
+    return element("ha", {"value": "1" if await ctx.agent.ha.enabled(ctx.entity.uuid) else "0"})
+
+
 async def _affect_flags(ctx, dom) -> int:
     flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
     if await ctx.agent.libvirt.call(dom.isActive):

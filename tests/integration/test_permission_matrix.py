@@ -60,6 +60,7 @@ NO_PERMISSION = {
     ("archipel:hypervisor:control", "migrationprepare"): "served to peer hypervisors only, for a requester "
                                                          "holding migrate there (test_multi_hypervisor.py)",
     ("archipel:hypervisor:control", "peerinfo"): "served to peer hypervisors only (test_maintenance.py)",
+    ("archipel:hypervisor:control", "harestart"): "served to peer hypervisors only (test_ha_restart.py)",
 }
 
 # Errors that mean the request never reached a working handler: never "allowed".
@@ -142,6 +143,7 @@ ARGS = {
     (SUBS, "add"): lambda s: ({"jid": s.dummy}, []),
     (SUBS, "remove"): lambda s: ({"jid": s.dummy}, []),
     (CONTROL, "autostart"): lambda s: ({"value": "0"}, []),
+    (CONTROL, "setha"): lambda s: ({"value": "0"}, []),
     (CONTROL, "migrate"): lambda s: ({"hypervisorjid": f"hypervisor@{s.sender.split('@')[1]}/hv-test"}, []),
     (CONTROL, "memory"): lambda s: ({"value": "131072"}, []),
     (CONTROL, "setvcpus"): lambda s: ({"value": "1"}, []),
