@@ -66,8 +66,8 @@ async def test_served_over_https_with_bosh_and_websocket_on_the_same_origin(brow
     try:
         await page.goto(stack.https_web_url)
         origin = f"{stack.domain}:{stack.ejabberd.https_port}"
-        assert await page.input_value("#login-ws") == f"wss://{origin}/ws"
-        assert await page.input_value("#login-bosh") == f"https://{origin}/http-bind"
+        await expect(page.locator("#login-ws")).to_have_value(f"wss://{origin}/ws")   # once the module ran
+        await expect(page.locator("#login-bosh")).to_have_value(f"https://{origin}/http-bind")
         assert await page.evaluate("window.isSecureContext")
         student = stack.user("student1")
         await login(page, student["jid"], student["password"])
