@@ -30,6 +30,7 @@ from .hypervisor.vms import VMManager
 from .permissions import Permission, PermissionCenter, PermissionStore
 from .permissions.commands import commands as permission_commands
 from .virt.connection import LibvirtConnection
+from .xmpp.ratelimit import LoginGate
 from .vm.commands import commands as vm_commands
 from .quotas import QuotaCenter
 from .quotas.commands import EXTRA_PERMISSIONS as quota_permissions, commands as quota_commands
@@ -79,6 +80,7 @@ class Agent:
         # handed to every entity: the XMPP layer knows neither the transports nor the permission rules
         self.transports = (AcpTransport, ChatTransport, AdhocTransport)  # IQ, chat, ad-hoc: one dispatch
         self.subscription_policy = decide_subscription  # inbound presence subscriptions (permissions/subscriptions.py)
+        self.login_gate = LoginGate(config.xmpp.max_logins_per_second)  # every entity's logins, rate-bounded (xmpp/ratelimit.py)
         self.requests = InFlight()  # each sender's requests in flight, bounded (commands/dispatch.py)
         self.libvirt = LibvirtConnection(
             config.libvirt_uri,

@@ -64,6 +64,9 @@ class ConfigError(Exception):
         return f"{where}: [{self.section}] {self.key}: {self.reason}"
 
 
+DEFAULT_MAX_LOGINS_PER_SECOND = 100
+
+
 @dataclass(frozen=True)
 class XmppConfig:
     host: str
@@ -75,6 +78,8 @@ class XmppConfig:
     http_api_url: str
     reconnect_min_delay: float
     reconnect_max_delay: float
+    # Connection attempts per second across all entities (xmpp/ratelimit.py); 0: unlimited.
+    max_logins_per_second: int = DEFAULT_MAX_LOGINS_PER_SECOND
 
 
 @dataclass(frozen=True)
@@ -431,10 +436,14 @@ def _xmpp_section(read: _Reader) -> XmppConfig:
         raise read.error(section, "reconnect_max_delay",
                          f"expected a value >= reconnect_min_delay ({min_delay:g}), "
                          f"found {max_delay:g}")
+    logins = (read.integer(section, "max_logins_per_second", 0)
+              if read.raw(section, "max_logins_per_second", optional=True)
+              else DEFAULT_MAX_LOGINS_PER_SECOND)
     return XmppConfig(
         host=host, port=port, tls=tls, ca_file=ca_file, verify_certificate=verify,
         account_provisioning=provisioning, http_api_url=url,
         reconnect_min_delay=min_delay, reconnect_max_delay=max_delay,
+        max_logins_per_second=logins,
     )
 
 

@@ -104,6 +104,7 @@ class Entity:
     async def stop(self, status: str = "Agent stopping") -> None:
         """Say goodbye (``status``) and close the stream; no reconnection afterwards."""
         self._stopping = True
+        self.agent.login_gate.cancel(self)
         if self._reconnect_handle:
             self._reconnect_handle.cancel()
         self.xmpp.cancel_connection_attempt()
@@ -128,7 +129,12 @@ class Entity:
             log.info("%s: reconnecting in %.1f s", self.jid, delay)
 
     def _connect(self) -> None:
+        """The backoff's delay is over: queue for the agent's login rate (xmpp/ratelimit.py)."""
         self._reconnect_handle = None
+        if not self._stopping:
+            self.agent.login_gate.request(self, self._attempt)
+
+    def _attempt(self) -> None:
         if self._stopping:
             return
         if self._stream_busy():
@@ -224,6 +230,7 @@ class Entity:
         result arrives: the stream closing counts as success.
         """
         self._stopping = True
+        self.agent.login_gate.cancel(self)
         if self._reconnect_handle:
             self._reconnect_handle.cancel()
         if self.online.is_set():
