@@ -3,6 +3,8 @@ its own agent process running inside that hypervisor's mount namespace (so it se
 shared storage at the common path) and the host's network (ejabberd on 127.0.0.1)."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import subprocess
 import sys
 
@@ -34,3 +36,18 @@ def hypervisor_agent(stack, hv, overrides=None) -> AgentHandle:
         settings.setdefault(section, {}).update(values)
     return second_agent(stack, hv.name, settings,
                         process_factory=lambda conf, out: NamespacedAgentProcess(conf, out, hv))
+
+
+@contextlib.asynccontextmanager
+async def running_agents(stack, hypervisors, client, overrides=None):
+    """An agent per namespaced hypervisor, started and serving (checked through ``client``),
+    stopped afterwards.  ``overrides(hv)`` gives a hypervisor's own config settings."""
+    handles = [hypervisor_agent(stack, hv, overrides(hv) if overrides else None) for hv in hypervisors]
+    for handle in handles:
+        handle.process.start()
+    try:
+        await asyncio.gather(*(handle.wait_ready(client) for handle in handles))
+        yield handles
+    finally:
+        for handle in handles:
+            handle.process.stop()

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from agent_fixtures import client_for, grant, second_agent
+from agent_fixtures import grant, second_agent
 from rig.cluster import Cluster
 from vm_helpers import CONTROL, HV_NS, alloc, from_vm, unique_name, vm_full, wait_vm_ready
 from xmpp_client import AcpError, Client

@@ -25,7 +25,7 @@ import pytest
 import pytest_asyncio
 
 from agent_fixtures import admin_client
-from hypervisor_fixtures import hypervisor_agent
+from hypervisor_fixtures import running_agents
 from test_storage_disks import DISK, define_with_disk
 from vm_helpers import CONTROL, alloc, wait_vm_ready
 from xmpp_client import AcpError
@@ -52,15 +52,9 @@ async def admin(stack):
 
 @pytest_asyncio.fixture(scope="module")
 async def agents(stack, hypervisors, admin):
-    handles = [hypervisor_agent(stack, hv, HA_SETTINGS) for hv in hypervisors]
-    for h in handles:
-        h.process.start()
-    try:
-        await asyncio.gather(*(h.wait_ready(admin) for h in handles))
+    async with running_agents(stack, hypervisors, admin, lambda hv: HA_SETTINGS) as handles:
         yield handles
-    finally:
-        for h in handles:
-            h.process.stop()
+
 
 
 def _running(hv) -> set[str]:

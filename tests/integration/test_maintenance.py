@@ -17,7 +17,7 @@ import pytest_asyncio
 
 from agent_fixtures import admin_client
 from agent_process import REPO
-from hypervisor_fixtures import hypervisor_agent
+from hypervisor_fixtures import running_agents
 from vm_helpers import CONTROL, alloc, wait_vm_ready
 from xmpp_client import AcpError
 
@@ -40,16 +40,12 @@ async def admin(stack):
 
 @pytest_asyncio.fixture(scope="module")
 async def agents(stack, hypervisors, admin):
-    handles = [hypervisor_agent(stack, hv, {"HYPERVISOR": {"hypervisor_max_vms": "2"}} if hv.index == 3 else None)
-               for hv in hypervisors]
-    for h in handles:
-        h.process.start()
-    try:
-        await asyncio.gather(*(h.wait_ready(admin) for h in handles))
+    def limits(hv):  # hv-3 takes at most 2 VMs (placement's per-host limit)
+        return {"HYPERVISOR": {"hypervisor_max_vms": "2"}} if hv.index == 3 else None
+
+    async with running_agents(stack, hypervisors, admin, limits) as handles:
         yield handles
-    finally:
-        for h in handles:
-            h.process.stop()
+
 
 
 def _states(hv) -> dict[str, int]:

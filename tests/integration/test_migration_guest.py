@@ -23,7 +23,7 @@ import pytest
 import pytest_asyncio
 
 from agent_fixtures import admin_client
-from hypervisor_fixtures import hypervisor_agent
+from hypervisor_fixtures import running_agents
 from rig.guest import os_element, tiny_linux
 from vm_helpers import CONTROL
 from xmpp_client import AcpError
@@ -79,15 +79,9 @@ async def admin(stack):
 
 @pytest_asyncio.fixture(scope="module")
 async def agents(stack, hypervisors, admin):
-    handles = [hypervisor_agent(stack, hv) for hv in hypervisors]
-    for h in handles:
-        h.process.start()
-    try:
-        await asyncio.gather(*(h.wait_ready(admin) for h in handles))
+    async with running_agents(stack, hypervisors, admin) as handles:
         yield handles
-    finally:
-        for h in handles:
-            h.process.stop()
+
 
 
 class Guest:

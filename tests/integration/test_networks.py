@@ -23,7 +23,7 @@ import pytest
 import pytest_asyncio
 
 from agent_fixtures import PERMS_NS, admin_client, client_for
-from hypervisor_fixtures import hypervisor_agent
+from hypervisor_fixtures import running_agents
 from vm_helpers import CONTROL, DEFINITION, HV_NS, vm_full, wait_vm_ready
 from xmpp_client import AcpError
 
@@ -48,19 +48,14 @@ async def net_admin(stack):
 
 @pytest_asyncio.fixture(scope="module")
 async def hv_agents(stack, hypervisors, net_admin):
-    agents = [hypervisor_agent(stack, hv, {
-        "VIRTUALMACHINE": {"vm_allowed_networks": ""},  # rights only
-        # one VNI: each test's class network reuses the previous one's (test_a_vni_freed_elsewhere…)
-        "NETWORKS": {"vxlan_device": "mig0", "network_namespace": hv.netns, "vxlan_vni_range": "1000-1000"}})
-        for hv in hypervisors]
-    for a in agents:
-        a.process.start()
-    try:
-        await asyncio.gather(*(a.wait_ready(net_admin) for a in agents))
+    def settings(hv):
+        return {"VIRTUALMACHINE": {"vm_allowed_networks": ""},  # rights only
+                # one VNI: each test's class network reuses the previous one's (test_a_vni_freed_elsewhere…)
+                "NETWORKS": {"vxlan_device": "mig0", "network_namespace": hv.netns, "vxlan_vni_range": "1000-1000"}}
+
+    async with running_agents(stack, hypervisors, net_admin, settings) as agents:
         yield agents
-    finally:
-        for a in agents:
-            a.process.stop()
+
 
 
 @pytest_asyncio.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 import pytest_asyncio
 
 from agent_fixtures import admin_client, grant
-from hypervisor_fixtures import hypervisor_agent
+from hypervisor_fixtures import running_agents
 from vm_helpers import CONTROL, alloc, wait_libvirt_state, wait_vm_ready
 from xmpp_client import AcpError
 
@@ -35,15 +35,9 @@ async def hv_admin(stack):
 
 @pytest_asyncio.fixture(scope="module")
 async def hv_agents(stack, hypervisors, hv_admin):
-    agents = [hypervisor_agent(stack, hv) for hv in hypervisors]
-    for a in agents:
-        a.process.start()
-    try:
-        await asyncio.gather(*(a.wait_ready(hv_admin) for a in agents))
+    async with running_agents(stack, hypervisors, hv_admin) as agents:
         yield agents
-    finally:
-        for a in agents:
-            a.process.stop()
+
 
 
 def _state(uri: str, vm_uuid: str):
