@@ -27,6 +27,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
+# How long a subscription request waits for the session's set-up before being answered.
+SUBSCRIBE_ANSWER_WAIT = 30
 PLUGINS = ("xep_0004", "xep_0030", "xep_0050", "xep_0054", "xep_0060", "xep_0077", "xep_0092", "xep_0199")
 
 
@@ -262,14 +264,17 @@ class Entity:
         self._backoff.reset()
         self._provision_attempted = False
         log.info("%s: online as %s", self.jid, self.xmpp.boundjid.full)
-        self.send_presence()
-        self.online.set()
         try:
             await self.xmpp.get_roster(timeout=10)
         except (IqError, IqTimeout) as exc:
             log.warning("%s: roster fetch failed: %s", self.jid, exc)
         await self._publish_vcard()
+        # The events node exists before anyone is told the entity is here: a client
+        # subscribes to it as soon as it sees the presence (or the ``subscribed``
+        # answer, which _on_subscribe holds back until then).
         await self.events.ensure()
+        self.send_presence()
+        self.online.set()
         await self.on_online()
 
     async def on_online(self) -> None:
@@ -313,6 +318,10 @@ class Entity:
     async def _on_subscribe(self, presence) -> None:
         """Accept a subscription only from someone holding ``presence``."""
         sender = bare_jid(presence["from"])
+        try:  # answered once the session is set up, events node included (_on_session_start)
+            await asyncio.wait_for(self.online.wait(), SUBSCRIBE_ANSWER_WAIT)
+        except asyncio.TimeoutError:
+            return  # still setting up or gone: the server delivers the request again at next login
         # the wiring's policy (permissions/subscriptions.py): checks ``presence`` and audits the decision
         allowed = await self.agent.subscription_policy(self, sender)
         if allowed is None:

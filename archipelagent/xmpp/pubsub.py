@@ -1,6 +1,7 @@
 """The entity's pubsub events node and Archipel push items (reference §5)."""
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import uuid
@@ -27,6 +28,10 @@ NODE_CONFIG = {
     "pubsub#send_last_published_item": "never",
 }
 TIMEOUT = 10
+# ejabberd answers internal-server-error when many nodes are created at once (a
+# transaction conflict in its pubsub tables): such answers are worth a retry.
+TRANSIENT_CONDITIONS = {"internal-server-error", "resource-constraint", "remote-server-timeout"}
+CREATE_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
 
 
 def config_form(xmpp, config: dict[str, str]):
@@ -62,17 +67,24 @@ async def ensure_node(xmpp, service: str, node: str, config: dict[str, str]) -> 
     """
     me = xmpp.boundjid.bare
     pubsub = xmpp.plugin["xep_0060"]
-    try:
-        await pubsub.create_node(service, node, config=config_form(xmpp, config), timeout=TIMEOUT)
-        log.debug("created pubsub node %s", node)
-        return True
-    except IqError as exc:
-        if exc.condition != "conflict":
-            log.warning("cannot create pubsub node %s: %s", node, exc.condition)
-            return False
-    except IqTimeout:
-        log.warning("timeout creating pubsub node %s", node)
-        return False
+    for delay in (*CREATE_RETRY_DELAYS, None):
+        try:
+            await pubsub.create_node(service, node, config=config_form(xmpp, config), timeout=TIMEOUT)
+            log.debug("created pubsub node %s", node)
+            return True
+        except IqError as exc:
+            if exc.condition == "conflict":
+                break
+            if exc.condition not in TRANSIENT_CONDITIONS or delay is None:
+                log.warning("cannot create pubsub node %s: %s", node, exc.condition)
+                return False
+            log.info("creating pubsub node %s: %s, trying again in %s s", node, exc.condition, delay)
+        except IqTimeout:
+            if delay is None:
+                log.warning("timeout creating pubsub node %s", node)
+                return False
+            log.info("timeout creating pubsub node %s, trying again in %s s", node, delay)
+        await asyncio.sleep(delay)
     try:
         result = await pubsub.get_node_affiliations(service, node, timeout=TIMEOUT)
         owned = any(aff["jid"].bare == me and aff["affiliation"] == "owner"

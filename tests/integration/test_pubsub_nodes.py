@@ -146,3 +146,20 @@ async def test_an_entity_reconfigures_its_own_open_node(stack, new_user):
     finally:
         process.stop()
         await admin.close()
+
+
+async def test_a_new_vms_events_node_exists_when_it_answers_a_subscription(agent, admin, new_user, stack):
+    """Regression (CI of session 3): a client that subscribed to a VM right after its creation
+    got ``subscribed`` before the VM had created its events node, and the node subscription
+    that followed failed with item-not-found.  Now the presence answer waits for the node."""
+    owner = await new_user("evfresh")
+    await grant(admin, agent.full_jid, owner.jid, "alloc")
+    jids = await asyncio.gather(*(alloc(owner, agent.full_jid, unique_name("fresh")) for _ in range(6)))
+    try:
+        await asyncio.gather(*(owner.subscribe_events(stack.pubsub_domain, jid, timeout=60) for jid in jids))
+        subscriptions = await owner.xmpp.plugin["xep_0060"].get_subscriptions(stack.pubsub_domain, timeout=10)
+        nodes = {s["node"] for s in subscriptions["pubsub"]["subscriptions"]}
+        assert {f"/archipel/{jid}/events" for jid in jids} <= nodes
+    finally:
+        for jid in jids:
+            await admin.acp(agent.full_jid, "archipel:hypervisor:control", "free", {"jid": jid})
