@@ -33,6 +33,8 @@ class HypervisorEntity(Entity):
     def full_jid(self) -> str:
         return f"{self.jid}/{self.resource}"
 
-    async def on_online(self) -> None:
+    async def before_presence(self) -> None:
         self.refresh_presence()
+
+    async def on_online(self) -> None:
         await publish_roles(self)

@@ -115,8 +115,10 @@ class VMEntity(Entity):
         return max(0.0, (cpu_time_ns - previous[1]) / ((now - previous[0]) * 1e9) * 100)
 
     # ---------------------------------------------------------------- xmpp
-    async def on_online(self) -> None:
+    async def before_presence(self) -> None:
         await self.refresh_state()
+
+    async def on_online(self) -> None:
         if self.pending_subscribe:
             owner, self.pending_subscribe = self.pending_subscribe, None
             await self.subscribe_user(owner)

@@ -266,12 +266,23 @@ class Entity:
         log.info("%s: online as %s", self.jid, self.xmpp.boundjid.full)
         # The events node exists before anyone is told the entity is here: a client
         # subscribes to it as soon as it sees the presence (or the ``subscribed``
-        # answer, which _on_subscribe holds back until then).  The three set-up
-        # requests are independent: in flight together, one wait instead of three.
-        await asyncio.gather(self._fetch_roster(), self._publish_vcard(), self.events.ensure())
+        # answer, which _on_subscribe holds back until then).  The set-up requests
+        # are independent: in flight together, one wait instead of four.  The first
+        # presence already carries the current status (one presence, not two).
+        await asyncio.gather(self._fetch_roster(), self._publish_vcard(), self.events.ensure(),
+                             self._prepare_presence())
         self.send_presence()
         self.online.set()
         await self.on_online()
+
+    async def _prepare_presence(self) -> None:
+        try:
+            await self.before_presence()
+        except Exception:  # noqa: BLE001 - a status that cannot be read is no reason to stay offline
+            log.exception("%s: reading the status before the first presence failed", self.jid)
+
+    async def before_presence(self) -> None:
+        """Hook for subclasses: bring the status up to date before the session's first presence."""
 
     async def _fetch_roster(self) -> None:
         try:
