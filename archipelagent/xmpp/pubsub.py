@@ -56,14 +56,17 @@ async def node_owners(xmpp, service: str, node: str) -> list[str]:
     return owners
 
 
-async def ensure_node(xmpp, service: str, node: str, config: dict[str, str]) -> bool:
+async def ensure_node(xmpp, service: str, node: str, config: dict[str, str], *, known_ours: bool = False) -> bool:
     """Create ``node`` with ``config``, or make sure an existing one is ours and configured so.
 
     A ``conflict`` is not success: the node may have been created by someone
     else (squatted, to publish fake pushes or read ours).  Only the owner may
     read a node's affiliations; if we may not, or are not listed as owner, the
     node is refused with an error naming its owner.  A node we own is
-    reconfigured (an older agent created ``open`` nodes).
+    reconfigured (an older agent created ``open`` nodes).  ``known_ours``: this
+    process already checked and configured it (only an owner can delete a node,
+    so it is still ours): a ``conflict`` is then success, and a reconnection
+    costs one request instead of three.
     """
     me = xmpp.boundjid.bare
     pubsub = xmpp.plugin["xep_0060"]
@@ -74,6 +77,8 @@ async def ensure_node(xmpp, service: str, node: str, config: dict[str, str]) -> 
             return True
         except IqError as exc:
             if exc.condition == "conflict":
+                if known_ours:
+                    return True
                 break
             if exc.condition not in TRANSIENT_CONDITIONS or delay is None:
                 log.warning("cannot create pubsub node %s: %s", node, exc.condition)
@@ -136,9 +141,11 @@ class EventsNode:
         self.service = service
         self.node = events_node(bare_jid)
         self.ready = False
+        self._checked = False  # ownership and configuration checked once by this process
 
     async def ensure(self) -> None:
-        self.ready = await ensure_node(self.xmpp, self.service, self.node, NODE_CONFIG)
+        self.ready = await ensure_node(self.xmpp, self.service, self.node, NODE_CONFIG, known_ours=self._checked)
+        self._checked = self._checked or self.ready
 
     async def publish(self, namespace: str, change: str, children: Iterable[ET.Element] = ()) -> bool:
         if not self.ready:
