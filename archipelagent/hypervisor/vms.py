@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 TRASH = ".trash"
 COPY_CHUNK = 8 * 1024 * 1024
-LOGIN_CONCURRENCY = 25
+LOGIN_CONCURRENCY = 25  # logins (TLS + SASL + bind) in progress at once; the set-up after them is not held
 
 Progress = Callable[[int], Awaitable[None]]
 
@@ -203,7 +203,7 @@ class VMManager:
             async with self._login_gate:
                 entity.start()
                 try:
-                    await asyncio.wait_for(entity.online.wait(), 30)
+                    await asyncio.wait_for(entity.logged_in.wait(), 30)
                 except asyncio.TimeoutError:
                     pass  # it keeps trying on its own backoff; just free the gate
 

@@ -47,7 +47,8 @@ class Entity:
         self._password = password
         self.presence_show = ""
         self.presence_status = "Initializing..."
-        self.online = asyncio.Event()
+        self.online = asyncio.Event()  # set-up done, presence sent: serving
+        self.logged_in = asyncio.Event()  # authenticated and bound (set-up may still run)
         self.sessions = 0  # sessions started: more than one means reconnections (metrics.py)
         self._stopping = False
         self._reconnect_handle: asyncio.TimerHandle | None = None
@@ -119,6 +120,7 @@ class Entity:
         else:
             self.xmpp.abort()
         self.online.clear()
+        self.logged_in.clear()
 
     def _schedule_connect(self, delay: float) -> None:
         if self._stopping:
@@ -159,6 +161,7 @@ class Entity:
     def _on_disconnected(self, reason) -> None:
         was_online = self.online.is_set()
         self.online.clear()
+        self.logged_in.clear()
         self.events.ready = False
         self._stream_closed.set()
         if self._stopping:
@@ -264,6 +267,7 @@ class Entity:
         self._backoff.reset()
         self._provision_attempted = False
         log.info("%s: online as %s", self.jid, self.xmpp.boundjid.full)
+        self.logged_in.set()
         # The events node exists before anyone is told the entity is here: a client
         # subscribes to it as soon as it sees the presence (or the ``subscribed``
         # answer, which _on_subscribe holds back until then).  The set-up requests
