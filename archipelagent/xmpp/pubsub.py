@@ -30,7 +30,7 @@ NODE_CONFIG = {
 TIMEOUT = 10
 # ejabberd answers internal-server-error when many nodes are created at once (a
 # transaction conflict in its pubsub tables): such answers are worth a retry.
-TRANSIENT_CONDITIONS = {"internal-server-error", "resource-constraint", "remote-server-timeout"}
+TRANSIENT_CONDITIONS = {"internal-server-error", "resource-constraint"}
 CREATE_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
 
 
@@ -84,11 +84,9 @@ async def ensure_node(xmpp, service: str, node: str, config: dict[str, str], *, 
                 log.warning("cannot create pubsub node %s: %s", node, exc.condition)
                 return False
             log.info("creating pubsub node %s: %s, trying again in %s s", node, exc.condition, delay)
-        except IqTimeout:
-            if delay is None:
-                log.warning("timeout creating pubsub node %s", node)
-                return False
-            log.info("timeout creating pubsub node %s, trying again in %s s", node, delay)
+        except IqTimeout:  # not retried: the entity would stay offline for minutes
+            log.warning("timeout creating pubsub node %s", node)
+            return False
         await asyncio.sleep(delay)
     try:
         result = await pubsub.get_node_affiliations(service, node, timeout=TIMEOUT)
