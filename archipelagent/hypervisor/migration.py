@@ -19,6 +19,10 @@ VIR_MIGRATE_PERSIST_DEST = 8
 VIR_MIGRATE_UNDEFINE_SOURCE = 16
 VIR_MIGRATE_UNSAFE = 512
 VIR_MIGRATE_OFFLINE = 1024
+# virDomainState / virDomainShutoffReason values the source's view after a job needs
+VIR_DOMAIN_RUNNING = 1
+VIR_DOMAIN_SHUTOFF = 5
+VIR_DOMAIN_SHUTOFF_MIGRATED = 4
 
 
 class Side(enum.Enum):
@@ -71,6 +75,23 @@ def decide_outcome(source: Side, destination: Side) -> Outcome:
     if destination is Side.SHUTOFF:
         return Outcome(Keep.DESTINATION, reason="no QEMU anywhere: only the destination has a definition")
     return Outcome(Keep.LOST, reason="neither host has the VM")
+
+
+def source_after_job(state: int | None, reason: int | None) -> bool | None:
+    """Did the VM leave, judging from the source's domain once libvirt's job is over?
+
+    True: gone (``state`` None: not defined any more) or shut off *because* it migrated (libvirt
+    undefines it a moment later: the job ends before the source is torn down); False: running
+    here (the migration failed, the source resumed it) or shut off for another reason; None:
+    not settled yet (paused: the switch-over or a failure's pause), look again.
+    """
+    if state is None:
+        return True
+    if state == VIR_DOMAIN_SHUTOFF:
+        return reason == VIR_DOMAIN_SHUTOFF_MIGRATED
+    if state == VIR_DOMAIN_RUNNING:
+        return False
+    return None
 
 
 def migration_flags(running: bool, *, unsafe: bool = False) -> int:

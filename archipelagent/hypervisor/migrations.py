@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 HANDOVER = ".archipel-handover.json"
 NS = "archipel:hypervisor:control"
 INCOMING_TTL = 600.0  # seconds an announced migration may take to arrive
+SETTLE_TIMEOUT = 15.0  # seconds the source's domain may take to settle after libvirt's job ends
 
 
 def write_handover(path: Path, data: dict) -> None:
@@ -356,19 +357,33 @@ class Migrations:
                 break
             entity.set_busy(policy.status_text(policy.progress_percent(info)))
             await asyncio.sleep(0.5)
-        try:
-            await conn.lookup(entity.uuid)
-            still_here = True
-        except NotFound:
-            still_here = False
-        except (LibvirtFailure, Unavailable):
-            still_here = True  # libvirt cannot say: keep it (reconciled again at the next start)
-        if still_here:
+        if not await self._left(entity.uuid):
             await self._failed(entity, dom, "the migration did not complete")
             return
         entity.migrating = False
         self.outgoing.discard(entity.uuid)
         self._forget_if_elsewhere(entity)
+
+    async def _left(self, uuid: str) -> bool:
+        """Whether the VM left this host, from its domain here once libvirt's job is over
+        (policy.source_after_job); a domain still paused is looked at again for a while,
+        and kept if it does not settle.  libvirt unreachable: kept (reconciled at next start)."""
+        conn = self.agent.libvirt
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while True:
+            try:
+                dom = await conn.lookup(uuid)
+                state, reason = await conn.call(dom.state)
+            except NotFound:
+                state = reason = None
+            except (LibvirtFailure, Unavailable):
+                return False
+            verdict = policy.source_after_job(state, reason)
+            if verdict is not None:
+                return verdict
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.5)
 
     def _forget_if_elsewhere(self, entity) -> None:
         """Forget a VM whose domain is not here once its account is seen online from another
@@ -395,13 +410,8 @@ class Migrations:
         if self.agent.vms.entities.get(entity.uuid) is not entity:
             entity.xmpp.del_event_handler("presence_available", handler)
             return  # already forgotten
-        try:
-            await self.agent.libvirt.lookup(entity.uuid)
-            return  # defined here after all: not ours to forget
-        except NotFound:
-            pass
-        except (LibvirtFailure, Unavailable):
-            return
+        if not await self._left(entity.uuid):
+            return  # here after all (or libvirt cannot say): not ours to forget
         log.warning("VM %s is online from %s and not defined here: it moved while this agent was "
                     "away; forgetting it", entity.uuid, resource)
         entity.xmpp.del_event_handler("presence_available", handler)

@@ -83,3 +83,20 @@ def test_refusals():
     assert "QEMU" in m.refusal("u@d/hv-1", "hv-2@d/hv-2", **{**ok, "domain_type": "lxc"})
     for bad in ("/var/lib/libvirt/images/a.qcow2", "/vm/drives/../etc/passwd", "/vm/drivesX/a"):
         assert "shared VM storage" in m.refusal("u@d/hv-1", "hv-2@d/hv-2", **{**ok, "disk_paths": [bad]})
+
+
+@pytest.mark.parametrize("state, reason, left", [
+    (None, None, True),                                            # undefined: gone
+    (5, 4, True),    # shut off, reason migrated: the job is over, the source not torn down yet
+    (5, 1, False),   # shut off by its guest: the migration failed
+    (1, 9, False),   # running again: cancelled or failed
+    (3, 2, None),   # look again
+])
+def test_source_after_job(state, reason, left):
+    assert m.source_after_job(state, reason) is left
+
+
+def test_domain_constants_match_libvirt():
+    libvirt = pytest.importorskip("libvirt")
+    assert (m.VIR_DOMAIN_RUNNING, m.VIR_DOMAIN_SHUTOFF, m.VIR_DOMAIN_SHUTOFF_MIGRATED) == \
+        (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_MIGRATED)
