@@ -320,3 +320,63 @@ async def test_the_class_counts_against_the_teachers_quota(agent, admin, people,
     again = sorted(v.get("status") for v in await teacher.acp(agent.full_jid, NS, "provision", {"name": name}))
     assert again == ["created", "existing"]
     await teacher.acp(agent.full_jid, NS, "delete", {"name": name})
+
+
+async def test_a_students_start_counts_against_the_students_quota(agent, admin, people, stack):
+    """IsardVDI's rule: the teacher owns the class VMs, but a running VM the student started is the student's."""
+    teacher, s1 = people["teacher1"], people["student1"]
+    golden = await make_golden(admin, agent, stack)
+    role = f"start-{uuidlib.uuid4().hex[:6]}"
+    await admin.acp(agent.full_jid, PERMS_NS, "setrole", {"name": role},
+                    children=[ET.Element("permission", {"name": p})
+                              for p in ("presence", "info", "create", "destroy", "message")])
+    await grant(admin, agent.full_jid, teacher.jid, "alloc", "free", "class_provision", "class_start", "class_stop",
+                "class_delete")
+    names = [f"s{uuidlib.uuid4().hex[:6]}" for _ in range(2)]
+    vms = []
+    for name in names:  # student1 is in both classes (both of the students group)
+        made = {v.get("student"): v for v in await teacher.acp(
+            agent.full_jid, NS, "provision", {"name": name, "group": "students", "golden": golden, "role": role})}
+        vms.append(made["student1"].get("jid"))
+    (jid_a, jid_b), (uuid_a, uuid_b) = vms, [j.split("@")[0] for j in vms]
+    vm_a, vm_b = vm_full(jid_a, agent.jid), vm_full(jid_b, agent.jid)
+    for vm in (vm_a, vm_b):
+        await wait_vm_ready(s1, vm)
+
+    def used(usage, resource="vms") -> int:
+        return int(next(r.get("used") for r in usage[0] if r.tag.endswith("resource") and r.get("name") == resource))
+
+    owned = used(await s1.acp(agent.full_jid, "archipel:quota", "usage"))
+    await admin.acp(agent.full_jid, "archipel:quota", "set", {"target_type": "user", "target": s1.jid, "vms": str(owned + 1)})
+    try:
+        await s1.acp(vm_a, CONTROL, "create")
+        await wait_libvirt_state(stack, uuid_a, libvirt.VIR_DOMAIN_RUNNING)
+        usage = await s1.acp(agent.full_jid, "archipel:quota", "usage")
+        assert used(usage) == owned + 1
+        assert [v.get("jid") for v in usage[0] if v.tag.endswith("vm") and v.get("started") == "yes"] == [jid_a]
+        # the second start is refused, over ACP and over chat, naming the limit
+        with pytest.raises(AcpError) as err:
+            await s1.acp(vm_b, CONTROL, "create")
+        assert err.value.code == -51, err.value
+        assert f"quota exceeded: vms {owned + 2} requested, limit {owned + 1} for user {s1.jid}" in err.value.text
+        assert "quota exceeded: vms" in await s1.chat(vm_b, "start")
+        assert libvirt_state(stack, uuid_b) == libvirt.VIR_DOMAIN_SHUTOFF
+        # the teacher's own start of the class is not the student's: it still works
+        assert {v.get("status") for v in await teacher.acp(agent.full_jid, NS, "start", {"name": names[1]})} == {"ok"}
+        await wait_libvirt_state(stack, uuid_b, libvirt.VIR_DOMAIN_RUNNING)
+        assert used(await s1.acp(agent.full_jid, "archipel:quota", "usage")) == owned + 1
+        await teacher.acp(agent.full_jid, NS, "stop", {"name": names[1]})
+        await wait_libvirt_state(stack, uuid_b, libvirt.VIR_DOMAIN_SHUTOFF)
+        # the first stopped (however: here the student's destroy), the second starts
+        await s1.acp(vm_a, CONTROL, "destroy")
+        await wait_libvirt_state(stack, uuid_a, libvirt.VIR_DOMAIN_SHUTOFF)
+        assert used(await s1.acp(agent.full_jid, "archipel:quota", "usage")) == owned
+        await s1.acp(vm_b, CONTROL, "create")
+        await wait_libvirt_state(stack, uuid_b, libvirt.VIR_DOMAIN_RUNNING)
+        with pytest.raises(AcpError) as err:  # and now the first is the one over the quota
+            await s1.acp(vm_a, CONTROL, "create")
+        assert err.value.code == -51
+    finally:
+        await admin.acp(agent.full_jid, "archipel:quota", "set", {"target_type": "user", "target": s1.jid, "vms": ""})
+        for name in names:
+            await teacher.acp(agent.full_jid, NS, "delete", {"name": name})
