@@ -4,7 +4,7 @@
 ``{class}-{uid}`` for each member of the LDAP group who has none yet (so a
 re-run adds newcomers and reports the others, never duplicates): the VM is
 allocated, gets a qcow2 overlay ``root.qcow2`` on the golden image and a
-definition using it — every step through ``dispatch.run_command`` *as the
+definition using it (with its one NIC on the class's network, if it has one) — every step through ``dispatch.run_command`` *as the
 teacher*, so the teacher's permissions, quotas (the VMs are the teacher's:
 the class counts against the teacher's quota), the definition policy, the
 disk guard and the audit log apply exactly as if the teacher had sent them.
@@ -30,7 +30,8 @@ from pathlib import Path
 import libvirt
 
 from archipelagent.commands import Arg, CommandSet, element
-from archipelagent.errors import ArchipelError, Conflict, InvalidArgument, NotFound, PermissionDenied, Unavailable
+from archipelagent.errors import (ArchipelError, Conflict, InvalidArgument, LibvirtFailure, NotFound, PermissionDenied,
+                                  Unavailable)
 from archipelagent.permissions.store import ROLE_USER
 from archipelagent.classes.leases import duration, durations, parse_expiry, iso, drop_lease, plan_lease
 from archipelagent.classes.store import Classes
@@ -96,6 +97,40 @@ async def act(agent, entity, namespace: str, action: str, sender: str, raw: dict
     return await run_command(entity, command, sender, raw, TRANSPORT)
 
 
+def _with_network(root: ET.Element, network: str) -> ET.Element:
+    """The definition with one NIC, on ``network`` (any other NIC removed; libvirt picks the MAC,
+    the definition policy adds the anti-spoofing filter)."""
+    devices = root.find("devices")
+    for iface in list(devices.findall("interface")):
+        devices.remove(iface)
+    iface = ET.SubElement(devices, "interface", {"type": "network"})
+    ET.SubElement(iface, "source", {"network": network})
+    ET.SubElement(iface, "model", {"type": "virtio"})
+    return root
+
+
+async def _check_network(agent, network: str, teacher: str) -> None:
+    """Before any VM is made: the network exists here and the teacher (the VMs' owner) may use it.
+
+    Each definition is still checked by the definition policy as the teacher's; this only
+    turns a per-student refusal into one clear error.
+    """
+    networks = agent.module_services.get("network")  # modules/network.py: rights per network
+    try:
+        if networks is not None:
+            await networks.lookup(network)
+        else:
+            await agent.libvirt.call("networkLookupByName", network)
+    except LibvirtFailure as exc:
+        if exc.code == libvirt.VIR_ERR_NO_NETWORK:
+            raise NotFound(f"no network named '{network}' on this hypervisor") from None
+        raise
+    usable = await networks.usable(teacher) if networks is not None else agent.config.vm.allowed_networks
+    if usable is not None and network not in usable:
+        raise PermissionDenied("provision", f"'use' on network '{network}' is needed by {teacher}, who owns the "
+                                            "class's VMs (its manager grants it: archipel:hypervisor:network grant)")
+
+
 def _with_root_disk(xml: str, path: Path) -> ET.Element:
     """The VM's definition with the overlay as its first disk (replacing any disk on vda)."""
     root = ET.fromstring(xml)
@@ -157,6 +192,8 @@ async def provision_member(agent, cls: dict, uid: str) -> dict:
     try:
         await act(agent, entity, DISK, "create", teacher, {"name": ROOT_DISK.split(".")[0], "golden": cls["golden"]})
         definition = _with_root_disk(await _inactive_xml(agent, entity.uuid), agent.vms.folder(entity.uuid) / ROOT_DISK)
+        if cls.get("network"):
+            definition = _with_network(definition, cls["network"])
         await act(agent, entity, DEFINITION, "define", teacher, {"domain": definition})
         student = f"{uid}@{agent.config.domain}"
         await agent.permissions.set_permission(entity.jid, "vm", student, cls["role"], True, target_type=ROLE_USER)
@@ -181,18 +218,20 @@ def _render_provision(payload) -> str:
                   args=(Arg("name", parse=_class_name, help="the class name (VMs are named <class>-<uid>)"),
                         Arg("group", required=False, help="LDAP group cn (first run)"),
                         Arg("golden", required=False, help="golden image name (first run)"),
-                        Arg("role", required=False, help="role the students get on their VM (first run)")),
+                        Arg("role", required=False, help="role the students get on their VM (first run)"),
+                        Arg("network", parse=lambda v: validate_name(v.strip(), "network"), required=False,
+                            help="the network of each VM's NIC (first run; the teacher needs 'use' on it)")),
                   chat=("class provision",), help="make a VM for every member of the class's LDAP group who has none",
                   chat_render=_render_provision)
-async def provision(ctx, name, group, golden, role):
+async def provision(ctx, name, group, golden, role, network):
     agent, classes = ctx.agent, store(ctx.agent)
     if agent.directory is None:
         raise Unavailable("classes need the LDAP directory ([LDAP])")
     async with classes.lock(name):
-        return await _provision(ctx, name, group, golden, role)
+        return await _provision(ctx, name, group, golden, role, network)
 
 
-async def _provision(ctx, name, group, golden, role):
+async def _provision(ctx, name, group, golden, role, network):
     agent, classes = ctx.agent, store(ctx.agent)
     cls = await classes.get(name)
     if cls is None:
@@ -201,13 +240,17 @@ async def _provision(ctx, name, group, golden, role):
                 raise InvalidArgument(arg, f"a new class needs its {arg}")
         await _check_role(agent, role)
         validate_name(golden, "golden")
-        await classes.add(name, group, golden, role, ctx.sender_bare)
+        if network:
+            await _check_network(agent, network, ctx.sender_bare)
+        await classes.add(name, group, golden, role, ctx.sender_bare, network)
         cls = await classes.get(name)
     else:
         await _require_teacher(agent, cls, ctx.sender_bare)
-        for arg, value in (("group", group), ("golden", golden), ("role", role)):
+        for arg, value in (("group", group), ("golden", golden), ("role", role), ("network", network)):
             if value and value != cls[arg]:
                 raise Conflict(f"class {name} has {arg} {cls[arg]!r}; delete it to change that")
+        if cls.get("network"):  # the teacher may have lost the right since: no newcomer is made then
+            await _check_network(agent, cls["network"], cls["teacher"])
     try:
         uids = await agent.directory.members(cls["group"])
     except Exception as exc:  # DirectoryUnavailable and friends
@@ -232,6 +275,7 @@ async def _provision(ctx, name, group, golden, role):
 
 def _render_report(payload) -> str:
     return "\n".join(f"{v.get('name')}: {v.get('student')}, {v.get('state')}, changed {v.get('changed')}"
+                     + (f", network {v.get('network')}" if v.get("network") else "")
                      for v in payload) or "No VMs in this class."
 
 
@@ -258,6 +302,7 @@ async def report(ctx, name):
         out.append(element("vm", {"student": m["uid"], "jid": entity.jid if entity else None,
                                   "name": entity.name if entity else f"{name}-{m['uid']}",
                                   "state": await _state(ctx.agent, m["uuid"]), "changed": m["changed"],
+                                  "network": cls.get("network"),
                                   "expiry": iso(cls["expiry"]) if cls.get("expiry") else None}))
     return out
 

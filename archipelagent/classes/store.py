@@ -1,4 +1,4 @@
-"""The classes database of a hypervisor: classes (group, golden image, role, teacher, lease)
+"""The classes database of a hypervisor: classes (group, golden image, role, teacher, network, lease)
 and their members (student uid, VM uuid, the definition made at provisioning, last change).
 ``classes.sqlite3``, 0600, WAL (``archipelagent/sqlite.py``)."""
 from __future__ import annotations
@@ -11,7 +11,8 @@ from ..sqlite import open_private_db
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS classes (name TEXT PRIMARY KEY, grp TEXT NOT NULL, golden TEXT NOT NULL, "
-    "role TEXT NOT NULL, teacher TEXT NOT NULL, created TEXT NOT NULL, expiry REAL, warn TEXT, grace REAL)",
+    "role TEXT NOT NULL, teacher TEXT NOT NULL, created TEXT NOT NULL, expiry REAL, warn TEXT, grace REAL, "
+    "network TEXT)",
     "CREATE TABLE IF NOT EXISTS members (class TEXT NOT NULL, uid TEXT NOT NULL, uuid TEXT NOT NULL, "
     "definition TEXT NOT NULL, changed TEXT NOT NULL, PRIMARY KEY (class, uid))",
 )
@@ -35,6 +36,11 @@ class Classes:
 
     async def open(self) -> None:
         self.db = await open_private_db(self.database, SCHEMA)
+        async with self.db.execute("PRAGMA table_info(classes)") as cur:
+            columns = {row[1] for row in await cur.fetchall()}
+        if "network" not in columns:  # a database of before the class network
+            await self.db.execute("ALTER TABLE classes ADD COLUMN network TEXT")
+            await self.db.commit()
 
     async def close(self) -> None:
         if self.db is not None:
@@ -42,15 +48,15 @@ class Classes:
             self.db = None
 
     async def get(self, name: str) -> dict | None:
-        async with self.db.execute("SELECT name, grp, golden, role, teacher, created, expiry, warn, grace FROM classes "
-                                   "WHERE name = ?", (name,)) as cur:
+        async with self.db.execute("SELECT name, grp, golden, role, teacher, created, expiry, warn, grace, network "
+                                   "FROM classes WHERE name = ?", (name,)) as cur:
             row = await cur.fetchone()
-        keys = ("name", "group", "golden", "role", "teacher", "created", "expiry", "warn", "grace")
+        keys = ("name", "group", "golden", "role", "teacher", "created", "expiry", "warn", "grace", "network")
         return dict(zip(keys, row)) if row else None
 
-    async def add(self, name, group, golden, role, teacher) -> None:
-        await self.db.execute("INSERT INTO classes (name, grp, golden, role, teacher, created) VALUES (?, ?, ?, ?, ?, ?)",
-                              (name, group, golden, role, teacher, _now()))
+    async def add(self, name, group, golden, role, teacher, network: str | None = None) -> None:
+        await self.db.execute("INSERT INTO classes (name, grp, golden, role, teacher, created, network) "
+                              "VALUES (?, ?, ?, ?, ?, ?, ?)", (name, group, golden, role, teacher, _now(), network))
         await self.db.commit()
 
     async def set_lease(self, name, expiry: float, warn: str, grace: float) -> None:

@@ -270,6 +270,9 @@ async def test_archipel_admin_class(agent, admin, stack, tmp_path):
     name = f"k{uuidlib.uuid4().hex[:6]}"
     common = ("--summary", str(summary))
     done = await asyncio.to_thread(admin_cli, *common, "class", "provision", name, "--group", "students",
+                                   "--golden", golden, "--role", role, "--network", "nosuchnet")
+    assert done.returncode == 1 and "no network named 'nosuchnet'" in done.stderr, (done.stdout, done.stderr)
+    done = await asyncio.to_thread(admin_cli, *common, "class", "provision", name, "--group", "students",
                                    "--golden", golden, "--role", role, "--json")
     assert done.returncode == 0, done.stderr
     assert {v["student"]: v["status"] for v in json.loads(done.stdout)} == {"student1": "created", "student2": "created"}
@@ -380,3 +383,69 @@ async def test_a_students_start_counts_against_the_students_quota(agent, admin, 
         await admin.acp(agent.full_jid, "archipel:quota", "set", {"target_type": "user", "target": s1.jid, "vms": ""})
         for name in names:
             await teacher.acp(agent.full_jid, NS, "delete", {"name": name})
+
+
+def domain_xml(stack, uuid: str) -> ET.Element:
+    conn = libvirt.open(stack.libvirt_uri)
+    try:
+        return ET.fromstring(conn.lookupByUUIDString(uuid).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    finally:
+        conn.close()
+
+
+def domain_names(stack) -> set[str]:
+    conn = libvirt.open(stack.libvirt_uri)
+    try:
+        return {d.name() for d in conn.listAllDomains(0)}
+    finally:
+        conn.close()
+
+
+async def test_a_class_on_its_network(agent, admin, people, stack):
+    """``network``: each VM's NIC on the class network, as the teacher's definition; a network the
+    teacher may not use is refused before any VM is made."""
+    teacher = people["teacher1"]
+    net_ns = "archipel:hypervisor:network"
+    golden = await make_golden(admin, agent, stack)
+    role = f"net-{uuidlib.uuid4().hex[:6]}"
+    await admin.acp(agent.full_jid, PERMS_NS, "setrole", {"name": role},
+                    children=[ET.Element("permission", {"name": "info"})])
+    await grant(admin, agent.full_jid, teacher.jid, "alloc", "free", "class_provision", "class_report", "class_delete",
+                "network_define", "network_undefine")
+    mine, foreign = f"cn{uuidlib.uuid4().hex[:8]}", f"cn{uuidlib.uuid4().hex[:8]}"
+    await teacher.acp(agent.full_jid, net_ns, "define", children=[ET.fromstring(f"<network><name>{mine}</name></network>")])
+    await admin.acp(agent.full_jid, net_ns, "define", children=[ET.fromstring(f"<network><name>{foreign}</name></network>")])
+    name = f"n{uuidlib.uuid4().hex[:6]}"
+    args = {"name": name, "group": "students", "golden": golden, "role": role}
+    try:
+        for network, code, text in ((foreign, -1, f"'use' on network '{foreign}' is needed by {teacher.jid}"),
+                                    ("nosuchnet", -47, "no network named 'nosuchnet'"),
+                                    ("bad/name", -46, "'network'")):
+            with pytest.raises(AcpError) as err:
+                await teacher.acp(agent.full_jid, NS, "provision", {**args, "network": network})
+            assert err.value.code == code and text in err.value.text, (network, err.value)
+            with pytest.raises(AcpError) as err:  # refused before anything was made: no class, no VM
+                await teacher.acp(agent.full_jid, NS, "report", {"name": name})
+            assert err.value.code == -47
+            assert not {n for n in domain_names(stack) if n.startswith(f"{name}-")}
+
+        made = {v.get("student"): v for v in await teacher.acp(agent.full_jid, NS, "provision", {**args, "network": mine})}
+        assert {u: v.get("status") for u, v in made.items()} == {"student1": "created", "student2": "created"}
+        for v in made.values():
+            ifaces = domain_xml(stack, v.get("jid").split("@")[0]).findall("devices/interface")
+            assert len(ifaces) == 1 and ifaces[0].get("type") == "network", [ET.tostring(i) for i in ifaces]
+            assert ifaces[0].find("source").get("network") == mine
+            assert ifaces[0].find("filterref").get("filter") == "clean-traffic"  # the teacher's VM: the policy's filter
+        report = await teacher.acp(agent.full_jid, NS, "report", {"name": name})
+        assert {v.get("network") for v in report} == {mine}
+        with pytest.raises(AcpError) as err:  # the class keeps its network
+            await teacher.acp(agent.full_jid, NS, "provision", {"name": name, "network": foreign})
+        assert err.value.code == -49 and mine in err.value.text
+        assert {v.get("status") for v in await teacher.acp(agent.full_jid, NS, "provision", {"name": name})} == {"existing"}
+    finally:
+        try:
+            await teacher.acp(agent.full_jid, NS, "delete", {"name": name})
+        except AcpError:
+            pass
+        await teacher.acp(agent.full_jid, net_ns, "undefine", {"uuid": mine})
+        await admin.acp(agent.full_jid, net_ns, "undefine", {"uuid": foreign})

@@ -45,3 +45,33 @@ def test_the_overlay_replaces_the_disk_on_vda_and_comes_first():
     assert disks[0].find("driver").get("type") == "qcow2" and disks[0].find("target").get("bus") == "virtio"
     assert root.find("devices")[0] is disks[0]
     assert ET.tostring(root).count(b"interface") == 2  # open and close tags: the NIC is kept
+
+
+def test_the_class_network_is_the_one_nic():
+    root = ET.fromstring("<domain><devices><disk device='disk'/><interface type='network'><source network='default'/>"
+                         "</interface><interface type='bridge'><source bridge='br0'/></interface></devices></domain>")
+    ifaces = classes._with_network(root, "lab1net").findall("devices/interface")
+    assert len(ifaces) == 1 and ifaces[0].get("type") == "network"
+    assert ifaces[0].find("source").get("network") == "lab1net" and ifaces[0].find("model").get("type") == "virtio"
+    assert root.find("devices/disk") is not None
+
+
+async def test_a_classes_database_of_before_the_network_gains_the_column(tmp_path):
+    import sqlite3
+
+    from archipelagent.classes.store import Classes
+    path = tmp_path / "classes.sqlite3"
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE classes (name TEXT PRIMARY KEY, grp TEXT NOT NULL, golden TEXT NOT NULL, "
+                "role TEXT NOT NULL, teacher TEXT NOT NULL, created TEXT NOT NULL, expiry REAL, warn TEXT, grace REAL)")
+    old.execute("INSERT INTO classes (name, grp, golden, role, teacher, created) VALUES ('lab1', 'g', 'gold', 'r', 't@x', 'now')")
+    old.commit()
+    old.close()
+    store = Classes(path)
+    await store.open()
+    try:
+        assert (await store.get("lab1"))["network"] is None
+        await store.add("lab2", "g", "gold", "r", "t@x", "lab2net")
+        assert (await store.get("lab2"))["network"] == "lab2net"
+    finally:
+        await store.close()
