@@ -9,9 +9,9 @@ from typing import Any
 
 CLASSES_NS = "archipel:hypervisor:classes"
 COLUMNS = {
-    "provision": ("student", "status", "name", "jid", "error"),
-    "report": ("name", "student", "state", "changed", "expiry", "network"),
-    "bulk": ("name", "student", "status", "error"),
+    "provision": ("student", "status", "name", "jid", "hypervisor", "error"),
+    "report": ("name", "student", "state", "changed", "expiry", "network", "hypervisor"),
+    "bulk": ("name", "student", "status", "hypervisor", "error"),
 }
 
 

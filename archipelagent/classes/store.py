@@ -1,5 +1,6 @@
 """The classes database of a hypervisor: classes (group, golden image, role, teacher, network, lease)
-and their members (student uid, VM uuid, the definition made at provisioning, last change).
+and their members (student uid, VM uuid, the definition made at provisioning, last change, and the
+peer hypervisor holding the VM when it is not this one).
 ``classes.sqlite3``, 0600, WAL (``archipelagent/sqlite.py``)."""
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ SCHEMA = (
     "role TEXT NOT NULL, teacher TEXT NOT NULL, created TEXT NOT NULL, expiry REAL, warn TEXT, grace REAL, "
     "network TEXT)",
     "CREATE TABLE IF NOT EXISTS members (class TEXT NOT NULL, uid TEXT NOT NULL, uuid TEXT NOT NULL, "
-    "definition TEXT NOT NULL, changed TEXT NOT NULL, PRIMARY KEY (class, uid))",
+    "definition TEXT NOT NULL, changed TEXT NOT NULL, hypervisor TEXT, PRIMARY KEY (class, uid))",
 )
 
 
@@ -40,7 +41,10 @@ class Classes:
             columns = {row[1] for row in await cur.fetchall()}
         if "network" not in columns:  # a database of before the class network
             await self.db.execute("ALTER TABLE classes ADD COLUMN network TEXT")
-            await self.db.commit()
+        async with self.db.execute("PRAGMA table_info(members)") as cur:
+            if "hypervisor" not in {row[1] for row in await cur.fetchall()}:  # of before placement on peers
+                await self.db.execute("ALTER TABLE members ADD COLUMN hypervisor TEXT")
+        await self.db.commit()
 
     async def close(self) -> None:
         if self.db is not None:
@@ -69,21 +73,23 @@ class Classes:
         await self.db.commit()
 
     async def members(self, name: str) -> list[dict]:
-        async with self.db.execute("SELECT uid, uuid, definition, changed FROM members WHERE class = ? ORDER BY uid",
-                                   (name,)) as cur:
-            return [dict(zip(("uid", "uuid", "definition", "changed"), r)) for r in await cur.fetchall()]
+        async with self.db.execute("SELECT uid, uuid, definition, changed, hypervisor FROM members WHERE class = ? "
+                                   "ORDER BY uid", (name,)) as cur:
+            return [dict(zip(("uid", "uuid", "definition", "changed", "hypervisor"), r)) for r in await cur.fetchall()]
 
     async def member_of_vm(self, uuid: str) -> tuple[dict, dict] | None:
-        async with self.db.execute("SELECT class, uid, uuid, definition, changed FROM members WHERE uuid = ?",
-                                   (uuid,)) as cur:
+        async with self.db.execute("SELECT class, uid, uuid, definition, changed, hypervisor FROM members "
+                                   "WHERE uuid = ? AND hypervisor IS NULL", (uuid,)) as cur:
             row = await cur.fetchone()
         if row is None:
             return None
-        member = dict(zip(("class", "uid", "uuid", "definition", "changed"), row))
+        member = dict(zip(("class", "uid", "uuid", "definition", "changed", "hypervisor"), row))
         return await self.get(member["class"]), member
 
-    async def add_member(self, name, uid, uuid, definition) -> None:
-        await self.db.execute("INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?, ?)", (name, uid, uuid, definition, _now()))
+    async def add_member(self, name, uid, uuid, definition, hypervisor: str | None = None) -> None:
+        """``hypervisor``: the peer's bare JID for a VM made there (its definition is kept there)."""
+        await self.db.execute("INSERT OR REPLACE INTO members (class, uid, uuid, definition, changed, hypervisor) "
+                              "VALUES (?, ?, ?, ?, ?, ?)", (name, uid, uuid, definition, _now(), hypervisor))
         await self.db.commit()
 
     async def touch(self, uuid: str) -> None:

@@ -75,3 +75,25 @@ async def test_a_classes_database_of_before_the_network_gains_the_column(tmp_pat
         assert (await store.get("lab2"))["network"] == "lab2net"
     finally:
         await store.close()
+
+
+async def test_placement_of_a_class_spreads_over_the_peers(monkeypatch):
+    """classes/remote.plan: without peers all here; with peers, placement.place decides (uid -> None here)."""
+    from types import SimpleNamespace
+
+    from archipelagent.classes import remote
+    from archipelagent.hypervisor.placement import Host
+
+    agent = SimpleNamespace(hypervisor=SimpleNamespace(full_jid="hv-1@x/hv-1"))
+    monkeypatch.setattr(remote, "online_peers", lambda agent: [])
+    assert await remote.plan(agent, ["s1", "s2"]) == ({"s1": None, "s2": None}, {})
+
+    async def hosts(agent):
+        return [Host("hv-1@x/hv-1", 4 * 2 ** 20, 0, max_vms=1), Host("hv-2@x/hv-2", 4 * 2 ** 20, 0, max_vms=1),
+                Host("hv-3@x/hv-3", 8 * 2 ** 20, 0, maintenance=True)]
+    monkeypatch.setattr(remote, "online_peers", lambda agent: ["a peer"])
+    monkeypatch.setattr(remote, "hosts", hosts)
+    where, nowhere = await remote.plan(agent, ["s1", "s2", "s3"])
+    assert where == {"s1": None, "s2": "hv-2@x/hv-2"}  # equal free memory: the lowest JID first
+    assert list(nowhere) == ["s3"] and "at its limit of 1 VMs" in nowhere["s3"] and "in maintenance" in nowhere["s3"]
+    assert await remote.plan(agent, []) == ({}, {})
