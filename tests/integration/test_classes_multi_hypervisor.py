@@ -165,6 +165,9 @@ async def test_a_class_over_two_hypervisors(stack, hypervisors, hv_agents, hv_ad
         await teacher.acp(b.full_jid, NS, "member", {"op": "state", "name": name, "teacher": teacher.jid,
                                                      "uid": refused.get("student")})
     assert err.value.code == -1 and "peer" in err.value.text
+    with pytest.raises(AcpError) as err:  # its arguments are checked before anything
+        await teacher.acp(b.full_jid, NS, "member", {"op": "format", "name": name, "teacher": teacher.jid, "uid": "x"})
+    assert err.value.code == -46 and "'op'" in err.value.text
 
     assert {v.get("status") for v in await teacher.acp(a.full_jid, NS, "delete", {"name": name})} == {"ok"}
     for jid, hv, _agent in vms.values():

@@ -56,7 +56,7 @@ def test_the_class_network_is_the_one_nic():
     assert root.find("devices/disk") is not None
 
 
-async def test_a_classes_database_of_before_the_network_gains_the_column(tmp_path):
+async def test_a_classes_database_of_before_the_network_and_peers_gains_the_columns(tmp_path):
     import sqlite3
 
     from archipelagent.classes.store import Classes
@@ -65,12 +65,20 @@ async def test_a_classes_database_of_before_the_network_gains_the_column(tmp_pat
     old.execute("CREATE TABLE classes (name TEXT PRIMARY KEY, grp TEXT NOT NULL, golden TEXT NOT NULL, "
                 "role TEXT NOT NULL, teacher TEXT NOT NULL, created TEXT NOT NULL, expiry REAL, warn TEXT, grace REAL)")
     old.execute("INSERT INTO classes (name, grp, golden, role, teacher, created) VALUES ('lab1', 'g', 'gold', 'r', 't@x', 'now')")
+    old.execute("CREATE TABLE members (class TEXT NOT NULL, uid TEXT NOT NULL, uuid TEXT NOT NULL, "
+                "definition TEXT NOT NULL, changed TEXT NOT NULL, PRIMARY KEY (class, uid))")
+    old.execute("INSERT INTO members VALUES ('lab1', 's1', 'u-1', '<domain/>', 'now')")
     old.commit()
     old.close()
     store = Classes(path)
     await store.open()
     try:
         assert (await store.get("lab1"))["network"] is None
+        assert [m["hypervisor"] for m in await store.members("lab1")] == [None]
+        assert (await store.member_of_vm("u-1"))[1]["uid"] == "s1"
+        await store.add_member("lab1", "s2", "u-2", "", hypervisor="hv-2@x")  # made on a peer: its VM is not ours
+        assert {m["uid"]: m["hypervisor"] for m in await store.members("lab1")} == {"s1": None, "s2": "hv-2@x"}
+        assert await store.member_of_vm("u-2") is None
         await store.add("lab2", "g", "gold", "r", "t@x", "lab2net")
         assert (await store.get("lab2"))["network"] == "lab2net"
     finally:
