@@ -123,6 +123,7 @@ async def _check_network(agent, network: str, teacher: str) -> None:
     networks = agent.module_services.get("network")  # modules/network.py: rights per network
     try:
         if networks is not None:
+            await networks.sync()  # a class network defined on another hypervisor gets its half here first
             await networks.lookup(network)
         else:
             await agent.libvirt.call("networkLookupByName", network)
