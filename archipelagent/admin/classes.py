@@ -9,9 +9,9 @@ from typing import Any
 
 CLASSES_NS = "archipel:hypervisor:classes"
 COLUMNS = {
-    "provision": ("student", "status", "name", "jid", "error"),
-    "report": ("name", "student", "state", "changed", "expiry"),
-    "bulk": ("name", "student", "status", "error"),
+    "provision": ("student", "status", "name", "jid", "hypervisor", "error"),
+    "report": ("name", "student", "state", "changed", "expiry", "network", "hypervisor"),
+    "bulk": ("name", "student", "status", "hypervisor", "error"),
 }
 
 
@@ -24,7 +24,7 @@ def _runner(action: str, shape: str):
     async def run(session, args) -> Any:
         from .cli import Output  # the CLI module imports this one
         attrs = {"name": args.name}
-        for key in ("group", "golden", "role", "expiry", "warn", "grace"):
+        for key in ("group", "golden", "role", "network", "expiry", "warn", "grace"):
             if getattr(args, key, None):
                 attrs[key] = getattr(args, key)
         if getattr(args, "force", False):
@@ -52,6 +52,7 @@ def setup_class(sub) -> None:
     q.add_argument("--group", help="LDAP group cn (first run)")
     q.add_argument("--golden", help="golden image name (first run)")
     q.add_argument("--role", help="the role students get on their VM (first run)")
+    q.add_argument("--network", help="the network of each VM's NIC (first run; you need 'use' on it)")
     q.set_defaults(run=_runner("provision", "provision"))
     q = _subparser(csub, "report", "each VM: its student, state, last change and lease")
     q.add_argument("name")

@@ -10,14 +10,21 @@
   request is refused (``-48`` "LDAP is unreachable"), never let through.
 * **Usage** of a user is the VMs they own (``owner`` in the VM database,
   :mod:`archipelagent.hypervisor.records`): one VM each, the vCPUs and memory of the
-  persistent libvirt definition, and the sizes of the files in the VM folders.
+  persistent libvirt definition, and the sizes of the files in the VM folders —
+  plus, while they run, the VMs of others this user **started** (IsardVDI's rule:
+  a student's start of a class VM, which the teacher owns, counts against the
+  student): one VM each with its vCPUs and memory, no disk (the owner pays the disk).
+  Who started a VM is kept in the running domain's live libvirt metadata
+  (:data:`STARTER_URI`, written right after the start): libvirt drops it when the
+  domain stops, whatever stops it, and it outlives an agent restart.
   Memory and vCPUs count what the VM is given (``currentMemory``, the
   ``current`` vCPU count).  A new or replaced definition (alloc, define) is
   counted at its **maximum** memory (:func:`~archipelagent.virt.policy.memory_kib`)
   because a balloon target binds only a cooperative guest; vCPUs beyond
   ``current`` can only be plugged by the host, i.e. by ``setvcpus``, which is
   checked.  ``memory`` and ``setvcpus`` count their new value for that VM.
-* **Checks** run on alloc, clone, define, memory, setvcpus and (through
+* **Checks** run on alloc, clone, define, memory, setvcpus, a start by someone
+  other than the owner (:meth:`QuotaCenter.starting`) and (through
   :meth:`QuotaCenter.check_disk`) disk creation.  A change is refused only when
   it makes a resource grow beyond a limit: shrinking is always allowed, even
   over a quota an admin lowered afterwards.  The usage counted is the owner's
@@ -54,6 +61,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 NS = "archipel:quota"
+STARTER_URI = "urn:archipel:quota:starter"  # live domain metadata: <starter user="bare JID"/>
 RESOURCES = QUOTA_RESOURCES  # ("vms", "vcpus", "memory", "disk")
 UNITS = {"vms": "", "vcpus": "", "memory": " KiB", "disk": " bytes"}
 TARGET_TYPES = (USER, GROUP)
@@ -240,7 +248,7 @@ class QuotaCenter:
         return self.agent.permissions.store
 
     # -- usage -----------------------------------------------------------------
-    async def vm_usage(self, entity) -> Usage:
+    async def vm_usage(self, entity, *, disk: bool = True) -> Usage:
         """One VM: 1, its current vCPUs and memory (libvirt, persistent definition), its folder's files."""
         import libvirt
 
@@ -254,17 +262,45 @@ class QuotaCenter:
         except ArchipelError as exc:
             if exc.code != -47:
                 raise
-        disk = await asyncio.to_thread(folder_bytes, self.agent.vms.folder(entity.uuid))
-        return Usage(1, vcpus, memory, disk)
+        size = await asyncio.to_thread(folder_bytes, self.agent.vms.folder(entity.uuid)) if disk else 0
+        return Usage(1, vcpus, memory, size)
 
     def owned(self, user: str) -> list:
         user = bare(user)
         return [e for e in self.agent.vms.entities.values() if bare(e.record.owner or "-") == user]
 
+    async def starters(self) -> dict[str, str]:
+        """uuid -> bare JID of who started it, for this agent's running VMs started by a non-owner."""
+        import libvirt
+
+        def blocking(conn) -> dict[str, str]:
+            found = {}
+            for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+                try:
+                    xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, STARTER_URI, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+                except libvirt.libvirtError:
+                    continue  # none (started by its owner, or outside the agent), or gone meanwhile
+                user = parse_xml(xml).get("user")
+                if user:
+                    found[dom.UUIDString().lower()] = bare(user)
+            return found
+
+        found = await self.agent.libvirt.call(blocking, self.agent.libvirt.raw)
+        return {uuid: user for uuid, user in found.items() if uuid in self.agent.vms.entities}
+
+    async def started(self, user: str) -> list:
+        """The running VMs of others that ``user`` started (counted as theirs while they run)."""
+        user = bare(user)
+        return [self.agent.vms.entities[uuid] for uuid, starter in (await self.starters()).items()
+                if starter == user and uuid in self.agent.vms.entities
+                and bare(self.agent.vms.entities[uuid].record.owner or "-") != user]
+
     async def usage(self, user: str) -> Usage:
         total = ZERO
         for entity in self.owned(user):
             total = total + await self.vm_usage(entity)
+        for entity in await self.started(user):
+            total = total + await self.vm_usage(entity, disk=False)
         return total
 
     # -- limits ----------------------------------------------------------------
@@ -329,6 +365,39 @@ class QuotaCenter:
         if owner:
             current = await self.vm_usage(entity)
             await self.check(owner, Usage(vcpus=count), Usage(vcpus=current.vcpus), sender=sender)
+
+    @contextlib.asynccontextmanager
+    async def starting(self, entity, sender: str | None):
+        """Wrap the start of ``entity`` by ``sender`` (``archipel:vm:control create``, whatever transport).
+
+        The owner's start changes nothing (their VMs count already).  Anyone
+        else's start is checked against *their* quota, under their quota lock,
+        as one more running VM with its vCPUs and memory; once the body (the
+        start) returned, the starter is written in the running domain's live
+        metadata, which libvirt forgets when the domain stops.
+        """
+        owner = getattr(getattr(entity, "record", None), "owner", None)
+        if not sender or bare(sender) == bare(owner or "-"):
+            yield
+            return
+        starter = bare(sender)
+        async with self.reserve(starter):
+            await self.check(starter, await self.vm_usage(entity, disk=False), sender=starter)
+            yield
+            await self.record_start(entity, starter)
+
+    async def record_start(self, entity, starter: str) -> None:
+        """Note in the running domain's live metadata that ``starter`` started it."""
+        import libvirt
+        from xml.sax.saxutils import quoteattr
+
+        try:
+            dom = await self.agent.libvirt.lookup(entity.uuid)
+            await self.agent.libvirt.call(dom.setMetadata, libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+                                          f"<starter user={quoteattr(starter)}/>", "archipel", STARTER_URI,
+                                          libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        except ArchipelError as exc:  # the VM runs; it is only not counted for its starter
+            log.warning("%s: could not record that %s started it: %s", entity.jid, starter, exc.message)
 
     async def check_disk(self, user: str, extra_bytes: int, *, sender: str | None = None) -> None:
         """For disk creation: may ``user`` (the VM's owner) use ``extra_bytes`` more on disk?"""

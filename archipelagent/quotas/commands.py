@@ -1,5 +1,6 @@
 """``archipel:quota`` on the hypervisor: ``set`` / ``get`` (permissions ``quota_set`` /
-``quota_get``) and ``usage`` (``quota_usage``, except that anyone may read their own usage)."""
+``quota_get``) and ``usage`` (``quota_usage``, except that anyone may read their own usage;
+the others' VMs a user started and that still run are listed with ``started="yes"``)."""
 from __future__ import annotations
 
 import logging
@@ -108,9 +109,10 @@ async def get_quota(ctx, target_type, target):
 async def usage_element(center: QuotaCenter, user: str, *, with_vms: bool = True):
     admin = await center.exempt(user)
     limits = {} if admin else await center.limits_for(user)
-    owned = center.owned(user)
-    per_vm = [(entity, await center.vm_usage(entity)) for entity in owned]
-    total = sum((u for _, u in per_vm), ZERO)
+    per_vm = [(entity, await center.vm_usage(entity), {}) for entity in center.owned(user)]
+    per_vm += [(entity, await center.vm_usage(entity, disk=False), {"started": "yes"})  # others' VMs it runs
+               for entity in await center.started(user)]
+    total = sum((u for _, u, _ in per_vm), ZERO)
     children = []
     for resource in RESOURCES:
         attrs = {"name": resource, "used": total.get(resource)}
@@ -119,7 +121,8 @@ async def usage_element(center: QuotaCenter, user: str, *, with_vms: bool = True
             attrs.update(limit=limit.value, target_type=limit.quota.target_type, target=limit.quota.target)
         children.append(element("resource", attrs))
     if with_vms:
-        children += [element("vm", {"jid": entity.jid, "name": entity.name, **u.as_dict()}) for entity, u in per_vm]
+        children += [element("vm", {"jid": entity.jid, "name": entity.name, **u.as_dict(), **extra})
+                     for entity, u, extra in per_vm]
     return element("usage", {"user": user, "admin": "yes" if admin else "no"}, children=children)
 
 
@@ -152,5 +155,6 @@ async def usage(ctx, target, all):  # noqa: A002 - the wire attribute's name
                                             action="usage")
     if not all:
         return [await usage_element(center, user)]
-    owners = sorted({bare(e.record.owner) for e in ctx.agent.vms.entities.values() if e.record.owner})
+    owners = sorted({bare(e.record.owner) for e in ctx.agent.vms.entities.values() if e.record.owner}
+                    | set((await center.starters()).values()))
     return [await usage_element(center, owner, with_vms=False) for owner in owners]

@@ -92,7 +92,8 @@ async def create(ctx):
     # a guest may have rewritten a disk header since the definition: check formats and chains again (images.py)
     xml = await ctx.agent.libvirt.call(dom.XMLDesc, libvirt.VIR_DOMAIN_XML_INACTIVE)
     await ctx.agent.disk_guard.check_definition(ctx.entity.uuid, ET.fromstring(xml), at_start=True)
-    await ctx.agent.libvirt.call(dom.create)
+    async with ctx.agent.quotas.starting(ctx.entity, ctx.sender_bare):  # quotas.py: a non-owner's start is theirs
+        await ctx.agent.libvirt.call(dom.create)
     return element("domain", {"id": await ctx.agent.libvirt.call(dom.ID)})
 
 

@@ -270,6 +270,9 @@ async def test_archipel_admin_class(agent, admin, stack, tmp_path):
     name = f"k{uuidlib.uuid4().hex[:6]}"
     common = ("--summary", str(summary))
     done = await asyncio.to_thread(admin_cli, *common, "class", "provision", name, "--group", "students",
+                                   "--golden", golden, "--role", role, "--network", "nosuchnet")
+    assert done.returncode == 1 and "no network named 'nosuchnet'" in done.stderr, (done.stdout, done.stderr)
+    done = await asyncio.to_thread(admin_cli, *common, "class", "provision", name, "--group", "students",
                                    "--golden", golden, "--role", role, "--json")
     assert done.returncode == 0, done.stderr
     assert {v["student"]: v["status"] for v in json.loads(done.stdout)} == {"student1": "created", "student2": "created"}
@@ -320,3 +323,129 @@ async def test_the_class_counts_against_the_teachers_quota(agent, admin, people,
     again = sorted(v.get("status") for v in await teacher.acp(agent.full_jid, NS, "provision", {"name": name}))
     assert again == ["created", "existing"]
     await teacher.acp(agent.full_jid, NS, "delete", {"name": name})
+
+
+async def test_a_students_start_counts_against_the_students_quota(agent, admin, people, stack):
+    """IsardVDI's rule: the teacher owns the class VMs, but a running VM the student started is the student's."""
+    teacher, s1 = people["teacher1"], people["student1"]
+    golden = await make_golden(admin, agent, stack)
+    role = f"start-{uuidlib.uuid4().hex[:6]}"
+    await admin.acp(agent.full_jid, PERMS_NS, "setrole", {"name": role},
+                    children=[ET.Element("permission", {"name": p})
+                              for p in ("presence", "info", "create", "destroy", "message")])
+    await grant(admin, agent.full_jid, teacher.jid, "alloc", "free", "class_provision", "class_start", "class_stop",
+                "class_delete")
+    names = [f"s{uuidlib.uuid4().hex[:6]}" for _ in range(2)]
+    vms = []
+    for name in names:  # student1 is in both classes (both of the students group)
+        made = {v.get("student"): v for v in await teacher.acp(
+            agent.full_jid, NS, "provision", {"name": name, "group": "students", "golden": golden, "role": role})}
+        vms.append(made["student1"].get("jid"))
+    (jid_a, jid_b), (uuid_a, uuid_b) = vms, [j.split("@")[0] for j in vms]
+    vm_a, vm_b = vm_full(jid_a, agent.jid), vm_full(jid_b, agent.jid)
+    for vm in (vm_a, vm_b):
+        await wait_vm_ready(s1, vm)
+
+    def used(usage, resource="vms") -> int:
+        return int(next(r.get("used") for r in usage[0] if r.tag.endswith("resource") and r.get("name") == resource))
+
+    owned = used(await s1.acp(agent.full_jid, "archipel:quota", "usage"))
+    await admin.acp(agent.full_jid, "archipel:quota", "set", {"target_type": "user", "target": s1.jid, "vms": str(owned + 1)})
+    try:
+        await s1.acp(vm_a, CONTROL, "create")
+        await wait_libvirt_state(stack, uuid_a, libvirt.VIR_DOMAIN_RUNNING)
+        usage = await s1.acp(agent.full_jid, "archipel:quota", "usage")
+        assert used(usage) == owned + 1
+        assert [v.get("jid") for v in usage[0] if v.tag.endswith("vm") and v.get("started") == "yes"] == [jid_a]
+        # the second start is refused, over ACP and over chat, naming the limit
+        with pytest.raises(AcpError) as err:
+            await s1.acp(vm_b, CONTROL, "create")
+        assert err.value.code == -51, err.value
+        assert f"quota exceeded: vms {owned + 2} requested, limit {owned + 1} for user {s1.jid}" in err.value.text
+        assert "quota exceeded: vms" in await s1.chat(vm_b, "start")
+        assert libvirt_state(stack, uuid_b) == libvirt.VIR_DOMAIN_SHUTOFF
+        # the teacher's own start of the class is not the student's: it still works
+        assert {v.get("status") for v in await teacher.acp(agent.full_jid, NS, "start", {"name": names[1]})} == {"ok"}
+        await wait_libvirt_state(stack, uuid_b, libvirt.VIR_DOMAIN_RUNNING)
+        assert used(await s1.acp(agent.full_jid, "archipel:quota", "usage")) == owned + 1
+        await teacher.acp(agent.full_jid, NS, "stop", {"name": names[1]})
+        await wait_libvirt_state(stack, uuid_b, libvirt.VIR_DOMAIN_SHUTOFF)
+        # the first stopped (however: here the student's destroy), the second starts
+        await s1.acp(vm_a, CONTROL, "destroy")
+        await wait_libvirt_state(stack, uuid_a, libvirt.VIR_DOMAIN_SHUTOFF)
+        assert used(await s1.acp(agent.full_jid, "archipel:quota", "usage")) == owned
+        await s1.acp(vm_b, CONTROL, "create")
+        await wait_libvirt_state(stack, uuid_b, libvirt.VIR_DOMAIN_RUNNING)
+        with pytest.raises(AcpError) as err:  # and now the first is the one over the quota
+            await s1.acp(vm_a, CONTROL, "create")
+        assert err.value.code == -51
+    finally:
+        await admin.acp(agent.full_jid, "archipel:quota", "set", {"target_type": "user", "target": s1.jid, "vms": ""})
+        for name in names:
+            await teacher.acp(agent.full_jid, NS, "delete", {"name": name})
+
+
+def domain_xml(stack, uuid: str) -> ET.Element:
+    conn = libvirt.open(stack.libvirt_uri)
+    try:
+        return ET.fromstring(conn.lookupByUUIDString(uuid).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    finally:
+        conn.close()
+
+
+def domain_names(stack) -> set[str]:
+    conn = libvirt.open(stack.libvirt_uri)
+    try:
+        return {d.name() for d in conn.listAllDomains(0)}
+    finally:
+        conn.close()
+
+
+async def test_a_class_on_its_network(agent, admin, people, stack):
+    """``network``: each VM's NIC on the class network, as the teacher's definition; a network the
+    teacher may not use is refused before any VM is made."""
+    teacher = people["teacher1"]
+    net_ns = "archipel:hypervisor:network"
+    golden = await make_golden(admin, agent, stack)
+    role = f"net-{uuidlib.uuid4().hex[:6]}"
+    await admin.acp(agent.full_jid, PERMS_NS, "setrole", {"name": role},
+                    children=[ET.Element("permission", {"name": "info"})])
+    await grant(admin, agent.full_jid, teacher.jid, "alloc", "free", "class_provision", "class_report", "class_delete",
+                "network_define", "network_undefine")
+    mine, foreign = f"cn{uuidlib.uuid4().hex[:8]}", f"cn{uuidlib.uuid4().hex[:8]}"
+    await teacher.acp(agent.full_jid, net_ns, "define", children=[ET.fromstring(f"<network><name>{mine}</name></network>")])
+    await admin.acp(agent.full_jid, net_ns, "define", children=[ET.fromstring(f"<network><name>{foreign}</name></network>")])
+    name = f"n{uuidlib.uuid4().hex[:6]}"
+    args = {"name": name, "group": "students", "golden": golden, "role": role}
+    try:
+        for network, code, text in ((foreign, -1, f"'use' on network '{foreign}' is needed by {teacher.jid}"),
+                                    ("nosuchnet", -47, "no network named 'nosuchnet'"),
+                                    ("bad/name", -46, "'network'")):
+            with pytest.raises(AcpError) as err:
+                await teacher.acp(agent.full_jid, NS, "provision", {**args, "network": network})
+            assert err.value.code == code and text in err.value.text, (network, err.value)
+            with pytest.raises(AcpError) as err:  # refused before anything was made: no class, no VM
+                await teacher.acp(agent.full_jid, NS, "report", {"name": name})
+            assert err.value.code == -47
+            assert not {n for n in domain_names(stack) if n.startswith(f"{name}-")}
+
+        made = {v.get("student"): v for v in await teacher.acp(agent.full_jid, NS, "provision", {**args, "network": mine})}
+        assert {u: v.get("status") for u, v in made.items()} == {"student1": "created", "student2": "created"}
+        for v in made.values():
+            ifaces = domain_xml(stack, v.get("jid").split("@")[0]).findall("devices/interface")
+            assert len(ifaces) == 1 and ifaces[0].get("type") == "network", [ET.tostring(i) for i in ifaces]
+            assert ifaces[0].find("source").get("network") == mine
+            assert ifaces[0].find("filterref").get("filter") == "clean-traffic"  # the teacher's VM: the policy's filter
+        report = await teacher.acp(agent.full_jid, NS, "report", {"name": name})
+        assert {v.get("network") for v in report} == {mine}
+        with pytest.raises(AcpError) as err:  # the class keeps its network
+            await teacher.acp(agent.full_jid, NS, "provision", {"name": name, "network": foreign})
+        assert err.value.code == -49 and mine in err.value.text
+        assert {v.get("status") for v in await teacher.acp(agent.full_jid, NS, "provision", {"name": name})} == {"existing"}
+    finally:
+        try:
+            await teacher.acp(agent.full_jid, NS, "delete", {"name": name})
+        except AcpError:
+            pass
+        await teacher.acp(agent.full_jid, net_ns, "undefine", {"uuid": mine})
+        await admin.acp(agent.full_jid, net_ns, "undefine", {"uuid": foreign})

@@ -61,6 +61,8 @@ NO_PERMISSION = {
                                                          "holding migrate there (test_multi_hypervisor.py)",
     ("archipel:hypervisor:control", "peerinfo"): "served to peer hypervisors only (test_maintenance.py)",
     ("archipel:hypervisor:control", "harestart"): "served to peer hypervisors only (test_ha_restart.py)",
+    ("archipel:hypervisor:classes", "member"): "served to peer hypervisors only, checking the teacher's class_<op> "
+                                                "itself (test_classes_multi_hypervisor.py)",
 }
 
 # Errors that mean the request never reached a working handler: never "allowed".

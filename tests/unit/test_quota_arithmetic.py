@@ -140,17 +140,28 @@ class FakePermissions:
         return frozenset(self.groups.get(user, ()))
 
 
-def fake_center(store, vms, **perms):
-    """A QuotaCenter over VM records owned by users, each VM of a given usage."""
+def fake_center(store, vms, started=None, **perms):
+    """A QuotaCenter over VM records owned by users, each VM of a given usage; ``started``:
+    uuid -> who started it (what the running domains' live metadata would say)."""
     entities = {uuid: SimpleNamespace(uuid=uuid, jid=f"{uuid}@x.org", name=uuid, record=SimpleNamespace(owner=owner))
                 for uuid, (owner, _usage) in vms.items()}
     agent = SimpleNamespace(permissions=FakePermissions(store, **perms), vms=SimpleNamespace(entities=entities))
     center = QuotaCenter(agent)
+    center.started_by = dict(started or {})
+    center.recorded = []
 
-    async def vm_usage(entity):
-        return vms[entity.uuid][1]
+    async def vm_usage(entity, disk=True):
+        usage = vms[entity.uuid][1]
+        return usage if disk else Usage(usage.vms, usage.vcpus, usage.memory, 0)
 
-    center.vm_usage = vm_usage
+    async def starters():
+        return dict(center.started_by)
+
+    async def record_start(entity, starter):
+        center.recorded.append((entity.uuid, starter))
+        center.started_by[entity.uuid] = starter
+
+    center.vm_usage, center.starters, center.record_start = vm_usage, starters, record_start
     return center
 
 
@@ -232,3 +243,54 @@ async def test_reserve_serialises_one_owner_and_not_two():
     assert center._locks == {} and center._holders == {}  # nothing kept once released
     async with center.reserve(None):  # no owner: nothing to hold
         pass
+
+
+async def test_a_start_by_a_non_owner_counts_against_the_starter(tmp_path):
+    """IsardVDI's rule: a class VM (the teacher's) a student starts is the student's while it runs."""
+    store = await PermissionStore.open(tmp_path / "p.sqlite3")
+    try:
+        vms = {"c1": ("teacher@x.org", Usage(1, 2, 524288, 1000)), "c2": ("teacher@x.org", Usage(1, 1, 262144, 1000)),
+               "own": ("s1@x.org", Usage(1, 1, 131072, 50))}
+        center = fake_center(store, vms, groups={})
+        entities = center.agent.vms.entities
+        await store.set_quota("user", "s1@x.org", {"vms": 2})
+        assert await center.usage("s1@x.org") == Usage(1, 1, 131072, 50)  # owned only: nothing started yet
+        async with center.starting(entities["c1"], "s1@x.org/web"):
+            pass
+        assert center.recorded == [("c1", "s1@x.org")]
+        # the running class VM counts for the student, without its disk (the owner pays that) ...
+        assert await center.usage("s1@x.org") == Usage(2, 3, 655360, 50)
+        # ... and stays the teacher's too
+        assert await center.usage("teacher@x.org") == Usage(2, 3, 786432, 2000)
+        with pytest.raises(QuotaExceeded) as err:
+            async with center.starting(entities["c2"], "s1@x.org"):
+                raise AssertionError("the start must not run")
+        assert err.value.message == "quota exceeded: vms 3 requested, limit 2 for user s1@x.org (already used 2)"
+        assert center.recorded == [("c1", "s1@x.org")]
+        # the owner's own start is not charged again (the teacher has no quota room left either)
+        await store.set_quota("user", "teacher@x.org", {"vms": 1})
+        async with center.starting(entities["c2"], "teacher@x.org"):
+            pass
+        assert center.recorded == [("c1", "s1@x.org")]
+        # c1 stopped: libvirt forgot its live metadata, the student may start c2
+        del center.started_by["c1"]
+        async with center.starting(entities["c2"], "s1@x.org"):
+            pass
+        assert await center.usage("s1@x.org") == Usage(2, 2, 393216, 50)
+        # a start that fails is not recorded; a memory limit is named as such
+        await store.set_quota("user", "s2@x.org", {"memory": 262144})
+        with pytest.raises(RuntimeError):
+            async with center.starting(entities["c2"], "s2@x.org"):
+                raise RuntimeError("libvirt said no")
+        assert ("c2", "s2@x.org") not in center.recorded
+        with pytest.raises(QuotaExceeded) as err:
+            async with center.starting(entities["c1"], "s2@x.org"):
+                pass
+        assert "memory 524288 KiB requested, limit 262144 KiB for user s2@x.org" in err.value.message
+        # admins are not limited
+        center.agent.permissions.admins.add("root@x.org")
+        await store.set_quota("user", "root@x.org", {"vms": 0})
+        async with center.starting(entities["c1"], "root@x.org"):
+            pass
+    finally:
+        await store.close()
