@@ -1,6 +1,6 @@
 """Classes against the real stack: the teacher provisions the LDAP students group from a golden image.
 
-Each student reaches only their VM (through the class role), a newcomer to the LDAP group gets a
+Each student reaches only their VM (through the class role), its console included, a newcomer to the LDAP group gets a
 VM on the re-run (the others are reported, never duplicated), reset restores the golden content
 (read in the disk), and bulk actions act on the whole class.
 """
@@ -15,6 +15,7 @@ import ldap3
 import libvirt
 import pytest
 import pytest_asyncio
+from websockets.asyncio.client import connect
 
 from agent_fixtures import PERMS_NS, client_for, grant
 from vm_helpers import CONTROL, alloc, libvirt_state, unique_name, vm_full, wait_libvirt_state, wait_vm_ready
@@ -24,6 +25,7 @@ NS = "archipel:hypervisor:classes"
 VM_NS = "archipel:vm:classes"
 DISK = "archipel:vm:disk"
 HV_NS = "archipel:hypervisor:control"
+VNC_NS = "archipel:virtualmachine:vnc"
 PATTERN = "0x5a"
 
 
@@ -92,7 +94,7 @@ async def test_a_class_from_the_students_group(agent, admin, people, stack):
     role = f"class-student-{uuidlib.uuid4().hex[:6]}"
     await admin.acp(agent.full_jid, PERMS_NS, "setrole", {"name": role},
                     children=[ET.Element("permission", {"name": p})
-                              for p in ("presence", "info", "create", "destroy", "class_reset")])
+                              for p in ("presence", "info", "create", "destroy", "class_reset", "vnc_display")])
     await grant(admin, agent.full_jid, teacher.jid, "alloc", "free", "class_provision", "class_report",
                 "class_start", "class_stop", "class_reset", "class_delete")
     name = f"c{uuidlib.uuid4().hex[:6]}"
@@ -133,6 +135,17 @@ async def test_a_class_from_the_students_group(agent, admin, people, stack):
     await teacher.acp(vm2, CONTROL, "info")
     await s1.acp(vm1, CONTROL, "create")
     await wait_libvirt_state(stack, uuid1, libvirt.VIR_DOMAIN_RUNNING)
+
+    # the student's console: a token for their VM that reaches its VNC server; none for the neighbour's
+    display = (await s1.acp(vm1, VNC_NS, "display")).find(f"{{{VNC_NS}}}display").attrib
+    async with connect(display["url"], open_timeout=20) as ws:
+        assert (await asyncio.wait_for(ws.recv(), 20)).startswith(b"RFB 003.00")
+    with pytest.raises(AcpError) as err:
+        await s1.acp(vm2, VNC_NS, "display")
+    assert err.value.code == -1
+    with pytest.raises(AcpError) as err:
+        await stranger.acp(vm1, VNC_NS, "display")
+    assert err.value.code == -1
 
     # reset: refused while running, forced; the overlay is new and reads the golden content again
     with pytest.raises(AcpError) as err:
