@@ -33,6 +33,8 @@ import slixmpp
 from bench_vms import PresenceClock, alloc_many, rss_mib
 from common import running_agent
 
+from archipelagent.config import DEFAULT_MAX_LOGINS_PER_SECOND as DEFAULT_RATE
+
 
 async def raw_login_storm(stack, accounts: list[tuple[str, str]], timeout: float = 600) -> float:
     """Seconds until all ``accounts`` have a session (bare clients, all at once)."""
@@ -79,8 +81,9 @@ def step(text: str) -> None:
     print(f"  [{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
-async def bench(n: int) -> None:
-    async with running_agent() as (stack, agent, admin):
+async def bench(n: int, rate: float | None) -> None:
+    config = {} if rate is None else {"XMPP": {"max_logins_per_second": str(int(rate))}}
+    async with running_agent(config=config) as (stack, agent, admin):
         clock = PresenceClock(admin)
         await asyncio.sleep(2)
         base_rss = rss_mib(agent.process.proc.pid)
@@ -106,7 +109,9 @@ async def bench(n: int) -> None:
         await admin.reconnect()
         storm_s = await clock.wait_online(set(jids), t2, 900)
         seen = [clock.last[j] for j in jids]
-        print(f"N={n:<5} alloc {alloc_s:6.1f} s | raw login storm {raw_s:6.2f} s | agent restart -> all online "
+        limit = DEFAULT_RATE if rate is None else rate
+        gate = f"{n / limit:.1f} s at {limit:g}/s" if limit else "off"
+        print(f"N={n:<5} login gate {gate} | alloc {alloc_s:6.1f} s | raw login storm {raw_s:6.2f} s | agent restart -> all online "
               f"{online_s:6.2f} s  ratio {online_s / raw_s:4.2f} (goal <= 1.5) | RSS {rss:.0f} MiB, "
               f"{(rss - base_rss) / n:.3f} MiB/entity (goal <= 0.4) | ejabberd restart -> all online "
               f"{storm_s:6.2f} s, peak {peak_rate(seen)} logins/s", flush=True)
@@ -115,9 +120,12 @@ async def bench(n: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[100, 500, 1000])
+    parser.add_argument("--rate", type=int, default=None,
+                        help="the agent's [XMPP] max_logins_per_second (default: the agent's, "
+                             f"{DEFAULT_RATE:g}; 0: no bound). N/rate is the gate's own floor")
     args = parser.parse_args()
     for n in args.sizes:
-        asyncio.run(bench(n))
+        asyncio.run(bench(n, args.rate))
 
 
 if __name__ == "__main__":

@@ -35,13 +35,14 @@ def describe(name: str, samples: list[float]) -> dict:
 
 
 @contextlib.asynccontextmanager
-async def running_agent(profile: str = "test", keep_stack: bool = False):
-    """Start the stack and an agent; yield (stack, agent handle, admin client)."""
+async def running_agent(profile: str = "test", keep_stack: bool = False, config: dict | None = None):
+    """Start the stack and an agent (``config``: sections of settings over the rig's); yield
+    (stack, agent handle, admin client)."""
     stack = Stack(profile=os.environ.get("ARCHIPEL_RIG_PROFILE", profile))
     stack.start()
     lib_dir = stack.state_dir / f"bench-{uuid.uuid4().hex[:6]}"
     lib_dir.mkdir(parents=True)
-    process = AgentProcess(write_config(stack, lib_dir), lib_dir / "agent.out")
+    process = AgentProcess(write_config(stack, lib_dir, config or {}), lib_dir / "agent.out")
     process.start()
     handle = AgentHandle(stack, process, "hypervisor@" + stack.domain, lib_dir)
     admin = None
