@@ -6,7 +6,9 @@
   :meth:`LibvirtConnection.call`; never a thread per VM.  There are two
   lanes: a quick lane (``workers``, default 4) for the calls that answer in
   milliseconds (state, info, XML, define, lookups) and a slow lane
-  (``slow_workers``, default 4) for the calls that can take seconds or hang
+  (``slow_workers``, default 8: a QEMU start mostly waits, and a class of 30
+  started 4 at a time took 33 s where 8 at a time take 21 s, bench_class.py)
+  for the calls that can take seconds or hang
   with the guest (destroy of a QEMU stuck in I/O, screenshots and memory
   snapshots waiting on a stopped monitor, starts, resizes, migrations).  A
   call goes to the slow lane when its libvirt method is in
@@ -305,7 +307,7 @@ class LibvirtConnection:
 
     def __init__(self, uri: str, *, loop: asyncio.AbstractEventLoop | None = None,
                  reconnect_min_delay: float = 1.0, reconnect_max_delay: float = 30.0,
-                 workers: int = 4, slow_workers: int = 4,
+                 workers: int = 4, slow_workers: int = 8,
                  keepalive: tuple[int, int] = (5, 3)) -> None:
         self.uri = uri
         self._loop = loop

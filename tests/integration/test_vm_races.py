@@ -4,7 +4,7 @@
   someone else completes while a large clone is still copying;
 * a clone whose definition is refused leaves no folder behind;
 * slow libvirt calls (screenshots of guests whose QEMU is stopped, so its
-  monitor never answers) fill only the slow lane: ``info`` of another VM and
+  monitor never answers) stay in the slow lane: ``info`` of another VM and
   the hypervisor's ``nodeinfo`` still answer;
 * SIGTERM while a free runs: after a restart the VM is fully freed or fully
   present, never a row without a domain;
@@ -124,7 +124,7 @@ async def wait_monitor_busy(stack, uuid: str, timeout: float = 30) -> None:
         await asyncio.sleep(0.1)
 
 
-HUNG = 4  # the slow lane's size, and the whole pool of the old single-pool design
+HUNG = 4  # the quick lane's size: in the old single-pool design they took every thread
 
 
 async def test_hung_slow_calls_do_not_starve_info_or_nodeinfo(agent, admin, stack):
