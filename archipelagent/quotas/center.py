@@ -262,7 +262,7 @@ class QuotaCenter:
         except ArchipelError as exc:
             if exc.code != -47:
                 raise
-        size = await asyncio.to_thread(folder_bytes, self.agent.vms.folder(entity.uuid)) if disk else 0
+        size = await self.agent.fs.call(folder_bytes, self.agent.vms.folder(entity.uuid), what="VM folder size") if disk else 0
         return Usage(1, vcpus, memory, size)
 
     def owned(self, user: str) -> list:
