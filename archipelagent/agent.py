@@ -30,6 +30,8 @@ from .hypervisor.vms import VMManager
 from .permissions import Permission, PermissionCenter, PermissionStore
 from .permissions.commands import commands as permission_commands
 from .virt.connection import LibvirtConnection
+from .virt.states import StateReader
+from .xmpp.published import PublishedMemory
 from .xmpp.ratelimit import LoginGate
 from .vm.commands import commands as vm_commands
 from .quotas import QuotaCenter
@@ -81,12 +83,14 @@ class Agent:
         self.transports = (AcpTransport, ChatTransport, AdhocTransport)  # IQ, chat, ad-hoc: one dispatch
         self.subscription_policy = decide_subscription  # inbound presence subscriptions (permissions/subscriptions.py)
         self.login_gate = LoginGate(config.xmpp.max_logins_per_second)  # every entity's logins, rate-bounded (xmpp/ratelimit.py)
+        self.published = PublishedMemory()  # what the server already holds per entity (xmpp/published.py); a file at start
         self.requests = InFlight()  # each sender's requests in flight, bounded (commands/dispatch.py)
         self.libvirt = LibvirtConnection(
             config.libvirt_uri,
             reconnect_min_delay=config.xmpp.reconnect_min_delay,
             reconnect_max_delay=min(config.xmpp.reconnect_max_delay, 30.0),
         )
+        self.domain_states = StateReader(self.libvirt)  # VM states read in shared batches (virt/states.py)
         self.fs = StorageIO()  # every file system call on the shared storage (fsio.py): threads + timeout
         self.disk_guard = DiskGuard.from_config(config, self.fs)  # disk formats recorded, chains confined (storage/images.py)
         self.hypervisor: HypervisorEntity | None = None
@@ -132,6 +136,7 @@ class Agent:
         self.libvirt.add_lifecycle_listener(self.vms.on_lifecycle)
         self.libvirt.add_lifecycle_listener(self.migrations.on_lifecycle)
         await self.vms.open()
+        self.published = await PublishedMemory.open(self.config.lib_dir / "published.sqlite3")
         self.storage_health = StorageHealth(self, self.config.vm.base_path, self.storage_settings)
         self.libvirt.add_lifecycle_listener(self.storage_health.on_lifecycle)
         self.storage_health.start()
@@ -160,6 +165,7 @@ class Agent:
         await self.vms.close()
         if self.hypervisor:
             await self.hypervisor.stop()
+        await self.published.close()
         for module in reversed(self.modules):
             await module.teardown(self)
         await self.libvirt.stop()

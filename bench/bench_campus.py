@@ -42,6 +42,7 @@ from agent_fixtures import admin_client, second_agent  # noqa: E402
 from xmpp_client import Client  # noqa: E402
 
 HV_NS = "archipel:hypervisor:control"
+MANAGE_CHUNK = 100  # domains per manage request while setting up
 CONTROL = "archipel:vm:control"
 
 
@@ -109,34 +110,50 @@ async def run_campus(stack, cluster, *, agents: int, vms: int, users: int, per_u
             uuids = test_driver_file(lib_dir / "domains.xml", name, vms)
             host, _port = nodes[a % len(nodes)]
             hv = second_agent(stack, name, {"GLOBAL": {"libvirt_uri": f"test://{lib_dir / 'domains.xml'}"},
-                                            "XMPP": {"xmpp_host": host}}, lib_dir=lib_dir)
+                                            "XMPP": {"xmpp_host": host},
+                                            # the shipped interval (the tests' 1 s is for their history)
+                                            "HEALTH": {"health_collection_interval": "10"}},
+                              lib_dir=lib_dir)
             hv.process.start()
             hvs.append(hv)
             hv.uuids = uuids
+        await asyncio.gather(*(hv.wait_ready(admin, timeout=300) for hv in hvs))
+        # Set-up, not measured: adopted MANAGE_CHUNK at a time, each chunk online before the
+        # next (every new entity registers its account: 5,000 at once would only queue).
         for hv in hvs:
-            await hv.wait_ready(admin, timeout=180)
-            query = await admin.acp(hv.full_jid, HV_NS, "manage",
-                                    children=[_item(u) for u in hv.uuids], timeout=300)
-            jids = [item.get("jid") for item in query]
-            vm_jids += jids
-            owner.update({j: hv for j in jids})
+            for start in range(0, len(hv.uuids), MANAGE_CHUNK):
+                query = await admin.acp(hv.full_jid, HV_NS, "manage",
+                                        children=[_item(u) for u in hv.uuids[start:start + MANAGE_CHUNK]],
+                                        timeout=300)
+                jids = [item.get("jid") for item in query]
+                vm_jids += jids
+                owner.update({j: hv for j in jids})
+                await wait_all(lambda: all((admin.jid, j, "Running") in seen_admin.at for j in jids),
+                               max(timeout, len(jids)), "adopted VM entities never online at the admin")
+            log(f"{hv.jid}: {len(hv.uuids)} VM entities adopted and online")
         log(f"{agents} agents, {len(vm_jids)} VM entities adopted")
-        await wait_all(lambda: all((admin.jid, j, "Running") in seen_admin.at for j in vm_jids),
-                       max(timeout, len(vm_jids) / 5), "VM entities never all online at the admin")
 
         # -- rosters: user u has VMs u*S .. u*S+S-1 (mod total), both ways, through the API
         subscribers: dict[str, list[str]] = collections.defaultdict(list)
-        accounts = []
-        for u in range(users):
-            local, password = f"cu{u}-{run}", uuid.uuid4().hex
-            jid = stack.register_user(local, password)
-            accounts.append((jid, password))
+        pairs = []
+        api = asyncio.Semaphore(8)
+
+        async def register(local: str, password: str) -> tuple[str, str]:
+            async with api:
+                return await asyncio.to_thread(stack.register_user, local, password), password
+        accounts = await asyncio.gather(*(register(f"cu{u}-{run}", uuid.uuid4().hex) for u in range(users)))
+        for u, (jid, _password) in enumerate(accounts):
             for s in range(per_user):
                 vm = vm_jids[(u * per_user + s) % len(vm_jids)]
                 if jid in subscribers[vm]:
                     continue
                 subscribers[vm].append(jid)
+                pairs.append((jid, vm))
+
+        async def both_ways(jid: str, vm: str) -> None:
+            async with api:
                 await asyncio.to_thread(_both_ways, stack, jid, vm)
+        await asyncio.gather(*(both_ways(jid, vm) for jid, vm in pairs))
         log(f"{users} users, {sum(len(v) for v in subscribers.values())} subscriptions")
         seen = Seen()
         sem = asyncio.Semaphore(20)

@@ -7,7 +7,8 @@ For each N (100, 500, 1,000 by default), on the real stack:
     one shared TLS context, connect + STARTTLS + SASL + bind + presence, all at
     once), time until every session is up;
 (b) agent restart -> every VM entity seen online (available presence) by a
-    subscribed admin; the ratio (b)/(a) (goal <= 1.5);
+    subscribed admin; the ratio (b)/(a) (goal <= 1.5).  Each measurement starts
+    once ejabberd is quiet again (it closes the previous run's 1,000 sessions);
 (c) the agent's RSS per entity (RSS with N entities minus RSS with none, / N;
     goal <= 0.4 MiB);
 (d) a reconnect storm: ejabberd restarted under the running agent, time until
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import os
 import sqlite3
 import ssl
 import sys
@@ -77,6 +79,25 @@ def peak_rate(times: list[float]) -> int:
     return max(buckets.values()) if buckets else 0
 
 
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def server_quiet(stack, busy: float = 0.05, longest: float = 30) -> float:
+    """Wait until ejabberd uses under ``busy`` of a core (it finishes closing the previous
+    run's sessions): each measurement starts from a quiet server.  Seconds waited."""
+    pid = stack.ejabberd.pids()[0]
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < longest:
+        before = cpu_seconds(pid)
+        await asyncio.sleep(0.5)
+        if cpu_seconds(pid) - before < busy * 0.5:
+            break
+    return time.monotonic() - t0
+
+
 def step(text: str) -> None:
     print(f"  [{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
@@ -94,9 +115,10 @@ async def bench(n: int, rate: float | None) -> None:
         alloc_s = time.monotonic() - t0
         step(f"N={n}: allocated in {alloc_s:.1f} s; raw login storm")
         agent.process.stop()
-        await asyncio.sleep(2)
+        await server_quiet(stack)
         raw_s = await raw_login_storm(stack, vm_accounts(agent.lib_dir))
         step(f"N={n}: raw storm {raw_s:.1f} s; agent restart")
+        await server_quiet(stack)
         t1 = time.monotonic()
         agent.process.start()
         online_s = await clock.wait_online(set(jids), t1, 900)
@@ -104,6 +126,7 @@ async def bench(n: int, rate: float | None) -> None:
         await asyncio.sleep(5)  # let the entities finish their set-up (roster, vCard, pubsub)
         rss = rss_mib(agent.process.proc.pid)
         # (d) reconnect storm
+        await server_quiet(stack)
         t2 = time.monotonic()
         await asyncio.to_thread(stack.restart_ejabberd)
         await admin.reconnect()

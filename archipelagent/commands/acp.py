@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING
 
 from slixmpp.xmlstream.handler import CoroutineCallback
-from slixmpp.xmlstream.matcher import MatchXPath
+from slixmpp.xmlstream.matcher.base import MatcherBase
 
 from ..errors import ArchipelError, MalformedRequest, UnknownAction
 from .dispatch import TooManyRequests, admitted, record_refusal, run_command
@@ -45,28 +45,44 @@ def error_element(error: ArchipelError, namespace: str, action: str | None) -> E
     return el
 
 
+class AcpQueries(MatcherBase):
+    """An IQ carrying a ``query`` of one of the served namespaces.
+
+    One handler for all of an entity's namespaces instead of one each: every
+    stanza an entity receives is tried against every handler, and a VM serves
+    about twenty namespaces (1,000 entities logging in: 20,000 handlers fewer).
+    """
+
+    def __init__(self, default_ns: str, namespaces):
+        super().__init__(frozenset(f"{{{ns}}}query" for ns in namespaces))
+        self.iq_tag = f"{{{default_ns}}}iq"
+
+    def query(self, xml: ET.Element) -> ET.Element | None:
+        """The first child that is a served query, or None."""
+        if xml.tag != self.iq_tag:
+            return None
+        return next((child for child in xml if child.tag in self._criteria), None)
+
+    def match(self, stanza) -> bool:
+        return self.query(stanza.xml) is not None
+
+
 class AcpTransport:
     """Serves every namespace of an entity kind on one slixmpp client."""
 
     def __init__(self, entity: "Entity"):
         self.entity = entity
+        self.matcher: AcpQueries | None = None
 
     def install(self) -> None:
         xmpp = self.entity.xmpp
-        for namespace in self.entity.agent.registry.namespaces(self.entity.kind):
-            xmpp.register_handler(
-                CoroutineCallback(
-                    f"acp {namespace}",
-                    MatchXPath(f"{{{xmpp.default_ns}}}iq/{{{namespace}}}query"),
-                    self._make_handler(namespace),
-                )
-            )
+        self.matcher = AcpQueries(xmpp.default_ns, self.entity.agent.registry.namespaces(self.entity.kind))
+        xmpp.register_handler(CoroutineCallback("acp", self.matcher, self._route))
 
-    def _make_handler(self, namespace: str):
-        async def handler(iq) -> None:
-            await self.handle(iq, namespace)
-
-        return handler
+    async def _route(self, iq) -> None:
+        query = self.matcher.query(iq.xml)
+        if query is not None:
+            await self.handle(iq, query.tag[1:].split("}", 1)[0])
 
     async def handle(self, iq, namespace: str) -> None:
         if iq["type"] not in ("get", "set"):

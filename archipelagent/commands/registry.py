@@ -141,6 +141,7 @@ class Registry:
     def __init__(self) -> None:
         self._by_key: dict[tuple[str, str, str], Command] = {}
         self._order: list[Command] = []
+        self._namespaces: dict[str, tuple[str, ...]] = {}  # by kind; every entity asks at its creation
 
     def add(self, command: Command) -> None:
         for kind in command.kinds:
@@ -149,6 +150,7 @@ class Registry:
                 raise ValueError(f"command {command.namespace} {command.action} declared twice for {kind}")
             self._by_key[key] = command
         self._order.append(command)
+        self._namespaces.clear()
 
     def add_set(self, commands: CommandSet) -> None:
         for command in commands:
@@ -160,11 +162,14 @@ class Registry:
     def for_kind(self, kind: str) -> list[Command]:
         return [c for c in self._order if kind in c.kinds]
 
-    def namespaces(self, kind: str) -> list[str]:
-        seen: dict[str, None] = {}
-        for c in self.for_kind(kind):
-            seen.setdefault(c.namespace)
-        return list(seen)
+    def namespaces(self, kind: str) -> tuple[str, ...]:
+        """The namespaces served to ``kind``, in declaration order."""
+        if kind not in self._namespaces:
+            seen: dict[str, None] = {}
+            for c in self.for_kind(kind):
+                seen.setdefault(c.namespace)
+            self._namespaces[kind] = tuple(seen)
+        return self._namespaces[kind]
 
     def match_chat(self, kind: str, text: str) -> tuple[Command, list[str]] | None:
         """Find the command whose chat words start ``text`` (longest match wins).

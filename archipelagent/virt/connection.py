@@ -56,6 +56,7 @@ from archipelagent.backoff import Backoff
 from archipelagent.errors import InvalidArgument, LibvirtFailure, NotFound, Unavailable
 from archipelagent.virt import events as ev
 from archipelagent.virt.nodeinfo import decode_version, node_info_from_getinfo
+from archipelagent.virt.states import read_states
 
 __all__ = ["LibvirtConnection", "DomainSummary", "ThreadSafeAsyncIOImpl",
            "register_event_impl", "is_connection_error", "SLOW_CALLS"]
@@ -659,6 +660,11 @@ class LibvirtConnection:
                 out.append(DomainSummary(u.lower(), d.name(), int(state), u in persistent))
             return out
         return await self.call(blocking, self._require())
+
+    async def domain_states(self, uuids: set[str]) -> dict[str, tuple[int, int] | None]:
+        """(state, reason) of each domain of ``uuids`` (lower case), None if it does not exist;
+        one RPC for a large set (virt/states.py, which gathers the requests)."""
+        return await self.call(read_states, self._require(), uuids)
 
     async def lookup(self, uuid: str) -> libvirt.virDomain:
         """The virDomain with this UUID; NotFound if there is none."""

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import libvirt
 
-from ..errors import LibvirtFailure, NotFound, Unavailable
+from ..errors import Unavailable
 from ..hypervisor.records import VMRecord
 from ..virt.events import push_for_event
 from ..xmpp.entity import Entity
@@ -29,6 +29,8 @@ ORGINFO_FIELDS = ("ORGNAME", "ORGUNIT", "LOCALITY", "USERID", "CATEGORIES")
 class VMEntity(Entity):
     kind = "vm"
     role = "virtualmachine"
+    needs_roster = False  # see Entity.needs_roster
+    login_log_level = logging.DEBUG
 
     def __init__(self, agent: "Agent", record: VMRecord, *, resource: str):
         super().__init__(agent, record.jid, record.password, name=record.name, resource=resource)
@@ -68,16 +70,11 @@ class VMEntity(Entity):
             if not self.agent.libvirt.connected:
                 self.set_presence(LIBVIRT_LOST[1], LIBVIRT_LOST[0])
                 return self.state
-            try:
-                dom = await self.domain()
-                state, _reason = await self.agent.libvirt.call(dom.state)
-            except NotFound:
-                state = None
-            except LibvirtFailure as exc:
-                if exc.code != libvirt.VIR_ERR_NO_DOMAIN:
-                    raise
-                self._domain_cache = None
-                state = None
+            try:  # read with the other entities' reads (virt/states.py)
+                found = await self.agent.domain_states.state(self.uuid)
+                state = found[0] if found else None
+                if found is None:
+                    self._domain_cache = None
             except Unavailable:
                 self.set_presence(LIBVIRT_LOST[1], LIBVIRT_LOST[0])
                 return self.state
@@ -115,6 +112,7 @@ class VMEntity(Entity):
         return max(0.0, (cpu_time_ns - previous[1]) / ((now - previous[0]) * 1e9) * 100)
 
     # ---------------------------------------------------------------- xmpp
+
     async def before_presence(self) -> None:
         await self.refresh_state()
 

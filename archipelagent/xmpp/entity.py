@@ -20,6 +20,7 @@ from ..jids import bare_jid
 from .limits import GuardedClientXMPP
 from .provisioning import HttpApiProvisioner, ProvisioningError
 from .tls import client_ssl_context
+from .published import digest
 from .pubsub import EventsNode
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,6 +39,11 @@ class Entity:
     kind = "entity"
     migrating = False  # a VM entity sets it while it moves (commands answer -43, commands/dispatch.py)
     role = "entity"  # vCard ROLE
+    # Fetch the roster at each session (the hypervisor reads its peers group there); a VM
+    # entity never reads it, and 1,000 of them logging in save 1,000 requests.
+    needs_roster = True
+    # Each login's log line: a hypervisor's matter; 1,000 VMs log one summary line (hypervisor/vms.py).
+    login_log_level = logging.INFO
 
     def __init__(self, agent: "Agent", jid: str, password: str, *, name: str, resource: str):
         self.agent = agent
@@ -60,7 +66,7 @@ class Entity:
         self._backoff = Backoff(cfg.reconnect_min_delay, cfg.reconnect_max_delay)
         self.xmpp = self._make_client()
         self._install_transports()
-        self.events = EventsNode(self.xmpp, agent.config.pubsub_server, self.jid)
+        self.events = EventsNode(self.xmpp, agent.config.pubsub_server, self.jid, agent.published)
 
     # ------------------------------------------------------------------ setup
     def _make_client(self) -> slixmpp.ClientXMPP:
@@ -195,6 +201,7 @@ class Entity:
             except ProvisioningError as exc:
                 log.error("%s: cannot create the account: %s", self.jid, exc)
             else:
+                self.agent.published.forget(self.jid)  # a new account holds no vCard, no node of ours
                 self._reconnect_now = True
                 self.xmpp.abort()
                 self._schedule_connect(0)
@@ -240,6 +247,7 @@ class Entity:
             self._reconnect_handle.cancel()
         if self.online.is_set():
             self.xmpp.send_presence(ptype="unavailable", pstatus=status)
+        self.agent.published.forget(self.jid)
         cfg = self.agent.config.xmpp
         user, host = self.jid.split("@", 1)
         if cfg.account_provisioning == "http_api":
@@ -266,15 +274,16 @@ class Entity:
             self._reconnect_handle = None
         self._backoff.reset()
         self._provision_attempted = False
-        log.info("%s: online as %s", self.jid, self.xmpp.boundjid.full)
+        log.log(self.login_log_level, "%s: online as %s", self.jid, self.xmpp.boundjid.full)
         self.logged_in.set()
         # The events node exists before anyone is told the entity is here: a client
         # subscribes to it as soon as it sees the presence (or the ``subscribed``
         # answer, which _on_subscribe holds back until then).  The set-up requests
         # are independent: in flight together, one wait instead of four.  The first
-        # presence already carries the current status (one presence, not two).
-        await asyncio.gather(self._fetch_roster(), self._publish_vcard(), self.events.ensure(),
-                             self._prepare_presence())
+        # presence already carries the current status (one presence, not two).  What
+        # the server still holds from an earlier session is not sent again (published.py).
+        await asyncio.gather(self._fetch_roster(), self._publish_vcard(only_if_changed=True),
+                             self.events.ensure(), self._prepare_presence())
         self.send_presence()
         self.online.set()
         await self.on_online()
@@ -289,6 +298,8 @@ class Entity:
         """Hook for subclasses: bring the status up to date before the session's first presence."""
 
     async def _fetch_roster(self) -> None:
+        if not self.needs_roster:
+            return
         try:
             await self.xmpp.get_roster(timeout=10)
         except (IqError, IqTimeout) as exc:
@@ -302,10 +313,13 @@ class Entity:
         fields.update({k: v for k, v in self.agent.config.vcard.items() if v})
         return fields
 
-    async def _publish_vcard(self) -> None:
+    async def _publish_vcard(self, only_if_changed: bool = False) -> None:
+        fields = self.vcard_fields()
+        fingerprint = digest(fields)
+        if only_if_changed and self.agent.published.matches(self.jid, "vcard", fingerprint):
+            return
         plugin = self.xmpp.plugin["xep_0054"]
         vcard = plugin.make_vcard()
-        fields = self.vcard_fields()
         for key, value in fields.items():
             upper = key.upper()
             if upper in ("ORGNAME", "ORGUNIT"):
@@ -320,6 +334,8 @@ class Entity:
             await plugin.publish_vcard(vcard, timeout=10)
         except (IqError, IqTimeout) as exc:
             log.warning("%s: vCard publish failed: %s", self.jid, exc)
+        else:
+            self.agent.published.remember(self.jid, "vcard", fingerprint)
 
     # ------------------------------------------------------------ presence
     def set_presence(self, status: str, show: str = "") -> None:

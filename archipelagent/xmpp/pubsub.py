@@ -11,6 +11,7 @@ from typing import Iterable
 from slixmpp.exceptions import IqError, IqTimeout
 
 from ..xmlns import qualify
+from .published import PublishedMemory, digest
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +35,38 @@ TRANSIENT_CONDITIONS = {"internal-server-error", "resource-constraint"}
 CREATE_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
 
 
+PUBSUB_NS = "http://jabber.org/protocol/pubsub"
+DATA_NS = "jabber:x:data"
+NODE_CONFIG_FORM_TYPE = "http://jabber.org/protocol/pubsub#node_config"
+
+
 def config_form(xmpp, config: dict[str, str]):
     form = xmpp.plugin["xep_0004"].make_form(ftype="submit")
-    form.add_field(var="FORM_TYPE", ftype="hidden", value="http://jabber.org/protocol/pubsub#node_config")
+    form.add_field(var="FORM_TYPE", ftype="hidden", value=NODE_CONFIG_FORM_TYPE)
     for var, value in config.items():
         form.add_field(var=var, value=value)
     return form
+
+
+def config_element(config: dict[str, str]) -> ET.Element:
+    """The node configuration as a plain ``jabber:x:data`` submit form."""
+    form = ET.Element(f"{{{DATA_NS}}}x", {"type": "submit"})
+    for var, value, ftype in (("FORM_TYPE", NODE_CONFIG_FORM_TYPE, "hidden"),
+                              *((var, value, None) for var, value in config.items())):
+        field = ET.SubElement(form, f"{{{DATA_NS}}}field", {"var": var, **({"type": ftype} if ftype else {})})
+        ET.SubElement(field, f"{{{DATA_NS}}}value").text = value
+    return form
+
+
+def create_request(xmpp, service: str, node: str, config: dict[str, str]):
+    """``<create node=…/><configure>form</configure>`` as plain XML: what slixmpp's
+    ``create_node`` sends, without walking its stanza plugins (which cost more than
+    the rest of an entity's set-up; every entity sends one at each login)."""
+    iq = xmpp.Iq(sto=service, stype="set")
+    pubsub = ET.SubElement(iq.xml, f"{{{PUBSUB_NS}}}pubsub")
+    ET.SubElement(pubsub, f"{{{PUBSUB_NS}}}create", {"node": node})
+    ET.SubElement(pubsub, f"{{{PUBSUB_NS}}}configure").append(config_element(config))
+    return iq
 
 
 async def node_owners(xmpp, service: str, node: str) -> list[str]:
@@ -72,7 +99,7 @@ async def ensure_node(xmpp, service: str, node: str, config: dict[str, str], *, 
     pubsub = xmpp.plugin["xep_0060"]
     for delay in (*CREATE_RETRY_DELAYS, None):
         try:
-            await pubsub.create_node(service, node, config=config_form(xmpp, config), timeout=TIMEOUT)
+            await create_request(xmpp, service, node, config).send(timeout=TIMEOUT)
             log.debug("created pubsub node %s", node)
             return True
         except IqError as exc:
@@ -132,27 +159,50 @@ def push_element(namespace: str, change: str, children: Iterable[ET.Element] = (
 
 
 class EventsNode:
-    """Creates the node once per session and publishes pushes to it."""
+    """Creates the node once per session and publishes pushes to it.
 
-    def __init__(self, xmpp, service: str, bare_jid: str):
+    A node this agent checked in an earlier run (same service, node and
+    configuration: ``published``) is trusted after one ``create``; a node found
+    missing when a push is published is made again at once.
+    """
+
+    def __init__(self, xmpp, service: str, bare_jid: str, published: PublishedMemory | None = None):
         self.xmpp = xmpp
         self.service = service
+        self.jid = bare_jid
         self.node = events_node(bare_jid)
         self.ready = False
+        self._published = published or PublishedMemory()
+        self._fingerprint = digest([service, self.node, NODE_CONFIG])
         self._checked = False  # ownership and configuration checked once by this process
 
     async def ensure(self) -> None:
-        self.ready = await ensure_node(self.xmpp, self.service, self.node, NODE_CONFIG, known_ours=self._checked)
+        known = self._checked or self._published.matches(self.jid, "node", self._fingerprint)
+        self.ready = await ensure_node(self.xmpp, self.service, self.node, NODE_CONFIG, known_ours=known)
         self._checked = self._checked or self.ready
+        if self.ready:
+            self._published.remember(self.jid, "node", self._fingerprint)
 
     async def publish(self, namespace: str, change: str, children: Iterable[ET.Element] = ()) -> bool:
         if not self.ready:
             return False
-        try:
-            await self.xmpp.plugin["xep_0060"].publish(
-                self.service, self.node, id=uuid.uuid4().hex, payload=push_element(namespace, change, children), timeout=10
-            )
-            return True
-        except (IqError, IqTimeout) as exc:
-            log.warning("push %s/%s on %s failed: %s", namespace, change, self.node, exc)
-            return False
+        for attempt in (1, 2):
+            try:
+                await self.xmpp.plugin["xep_0060"].publish(
+                    self.service, self.node, id=uuid.uuid4().hex, payload=push_element(namespace, change, children),
+                    timeout=10)
+                return True
+            except IqError as exc:
+                if exc.condition != "item-not-found" or attempt == 2:
+                    log.warning("push %s/%s on %s failed: %s", namespace, change, self.node, exc)
+                    return False
+                log.warning("pubsub node %s is gone: making it again", self.node)
+                self._checked = False  # checked in full again: whoever holds that name now
+                self._published.forget(self.jid, "node")
+                await self.ensure()
+                if not self.ready:
+                    return False
+            except IqTimeout as exc:
+                log.warning("push %s/%s on %s failed: %s", namespace, change, self.node, exc)
+                return False
+        return False

@@ -3,6 +3,7 @@ the real service's answers are covered by tests/integration/test_pubsub_nodes.py
 from __future__ import annotations
 
 import types
+import xml.etree.ElementTree as ET
 
 import pytest
 from slixmpp.exceptions import IqError, IqTimeout
@@ -45,10 +46,23 @@ class FakeForm:
         pass
 
 
+class FakeIq:
+    """The create request as ``ensure_node`` builds it (plain XML); sending it asks the script."""
+
+    def __init__(self, plugin: Answers):
+        self.xml = ET.Element("{jabber:client}iq")
+        self._plugin = plugin
+
+    async def send(self, timeout=None):
+        assert self.xml.find(f"{{{pubsub.PUBSUB_NS}}}pubsub/{{{pubsub.PUBSUB_NS}}}create") is not None
+        await self._plugin.create_node()
+
+
 def xmpp_with(plugin: Answers):
     forms = types.SimpleNamespace(make_form=lambda ftype: FakeForm())
     return types.SimpleNamespace(boundjid=types.SimpleNamespace(bare="vm@test"),
-                                 plugin={"xep_0060": plugin, "xep_0004": forms})
+                                 plugin={"xep_0060": plugin, "xep_0004": forms},
+                                 Iq=lambda **_kwargs: FakeIq(plugin))
 
 
 @pytest.fixture(autouse=True)
@@ -94,3 +108,40 @@ async def test_a_conflict_on_a_node_this_process_checked_is_ours():
     plugin = Answers(error("conflict"))
     assert await ensure(plugin, known_ours=True)
     assert plugin.calls == ["create"]
+
+
+async def test_the_plain_create_request_is_what_slixmpps_create_node_sends():
+    from archipelagent.xmpp.entity import PLUGINS
+    from archipelagent.xmpp.limits import GuardedClientXMPP
+    xmpp = GuardedClientXMPP("vm@test/hv", "secret")
+    for plugin in PLUGINS:
+        xmpp.register_plugin(plugin)
+    node = "/archipel/vm@test/events"
+    ours = pubsub.create_request(xmpp, "pubsub.test", node, pubsub.NODE_CONFIG)
+    theirs = xmpp.Iq(sto="pubsub.test", stype="set")
+    theirs["pubsub"]["create"]["node"] = node
+    theirs["pubsub"]["configure"].append(pubsub.config_form(xmpp, pubsub.NODE_CONFIG))
+
+    def canonical(iq) -> str:
+        return ET.canonicalize(ET.tostring(iq.xml.find(f"{{{pubsub.PUBSUB_NS}}}pubsub")))
+    assert canonical(ours) == canonical(theirs)
+    assert ours["to"] == theirs["to"] and ours["type"] == "set"
+
+
+async def test_a_push_to_a_node_found_missing_makes_it_again_and_is_delivered():
+    from archipelagent.xmpp.published import PublishedMemory
+    plugin = Answers(error("conflict"), None)  # known at start (conflict), then made again
+    published = []
+
+    async def publish(*_args, **_kwargs):
+        published.append("publish")
+        if len(published) == 1:
+            raise error("item-not-found")
+    plugin.publish = publish
+    memory = PublishedMemory()
+    node = pubsub.EventsNode(xmpp_with(plugin), "pubsub.test", "vm@test", memory)
+    memory.remember("vm@test", "node", node._fingerprint)
+    await node.ensure()
+    assert node.ready and plugin.calls == ["create"]  # trusted: checked by an earlier run
+    assert await node.publish("archipel:push:test", "changed")
+    assert published == ["publish", "publish"] and plugin.calls == ["create", "create"]

@@ -44,7 +44,7 @@ def test_lookup_is_per_kind():
     registry.add_set(make_set())
     assert registry.lookup("vm", "ns:a", "memory") is not None
     assert registry.lookup("hypervisor", "ns:a", "memory") is None
-    assert registry.namespaces("hypervisor") == ["ns:a"]
+    assert registry.namespaces("hypervisor") == ("ns:a",)
 
 
 def test_duplicate_declaration_is_an_error():
