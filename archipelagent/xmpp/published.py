@@ -7,8 +7,8 @@ presence, although the server kept both from the previous run.  At campus size
 work and a good share of the server's.  A digest of what was published is kept
 in a small SQLite file next to the agent's other databases; a session whose
 vCard digest matches skips the publish, and a node whose configuration digest
-matches is trusted after one ``create`` (``conflict``: still there, still ours,
-since only an owner can delete a node).
+matches is trusted without a request (only an owner can delete a node; one
+found missing at a push is made again, pubsub.py).
 
 What the server holds is tied to the account: when an account is created (the
 server lost it, or it is new) or removed, the entity's digests are forgotten, so

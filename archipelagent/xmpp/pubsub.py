@@ -159,11 +159,13 @@ def push_element(namespace: str, change: str, children: Iterable[ET.Element] = (
 
 
 class EventsNode:
-    """Creates the node once per session and publishes pushes to it.
+    """Makes sure of the node at each session and publishes pushes to it.
 
-    A node this agent checked in an earlier run (same service, node and
-    configuration: ``published``) is trusted after one ``create``; a node found
-    missing when a push is published is made again at once.
+    A node this agent made or checked before, in this run or an earlier one
+    (same service, node and configuration: ``published``), is trusted without a
+    request: only its owner can delete it, and an account made again forgets it.
+    A node found missing when a push is published anyway (deleted by a server
+    administrator) is made again at once and the push sent to it.
     """
 
     def __init__(self, xmpp, service: str, bare_jid: str, published: PublishedMemory | None = None):
@@ -177,8 +179,10 @@ class EventsNode:
         self._checked = False  # ownership and configuration checked once by this process
 
     async def ensure(self) -> None:
-        known = self._checked or self._published.matches(self.jid, "node", self._fingerprint)
-        self.ready = await ensure_node(self.xmpp, self.service, self.node, NODE_CONFIG, known_ours=known)
+        if self._published.matches(self.jid, "node", self._fingerprint):
+            self.ready = self._checked = True  # made and checked by this agent, in this run or an earlier one
+            return
+        self.ready = await ensure_node(self.xmpp, self.service, self.node, NODE_CONFIG, known_ours=self._checked)
         self._checked = self._checked or self.ready
         if self.ready:
             self._published.remember(self.jid, "node", self._fingerprint)

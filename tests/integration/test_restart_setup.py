@@ -62,9 +62,15 @@ async def test_a_restart_publishes_only_what_the_server_lost(stack):
         # The account made again holds the vCard and the events node again.
         await eventually(lost_published, "the account made again got no vCard or no node")
         assert f"{lost}: password refused; creating the account" in log()
-        # The unchanged vCard was not sent again, nor the checked node made again.
+        # The unchanged vCard was not sent again, nor the checked node made again; the node
+        # trusted without a request still carries the VM's pushes.
         assert await vcard_name(admin, kept) == "edited on the server"
         assert f"created pubsub node /archipel/{kept}/events" not in log()
+        node = f"/archipel/{kept}/events"
+        await admin.subscribe_events(stack.pubsub_domain, kept)
+        await admin.acp(vm_full(kept, handle.jid), "archipel:vm:control", "create")
+        await admin.next_push(node, "created", timeout=30)
+        await admin.acp(vm_full(kept, handle.jid), "archipel:vm:control", "destroy")
 
         # Without its record of what was published, the agent publishes everything again.
         process.stop()
