@@ -17,7 +17,8 @@ sessions (spread over the nodes) each have S of the VMs in their roster
     (``destroy``/``create``), time from the command until each subscriber saw the
     new presence: p50/p99 over every (change, subscriber) pair;
 (c) lost presences: (change, subscriber) pairs never seen within the timeout
-    (must be 0).
+    (must be 0), for the changes of (b) and for the restart of (a) (each user
+    sees each of its VMs available again).
 
     .venv/bin/python bench/bench_campus.py                          # 2 agents x 100 VMs, 200 users
     .venv/bin/python bench/bench_campus.py --agents 10 --vms 500 --users 1000   # the campus
@@ -171,6 +172,7 @@ async def run_campus(stack, cluster, *, agents: int, vms: int, users: int, per_u
         for hv in hvs:
             hv.process.stop()
         seen_admin.at.clear()
+        seen.at.clear()
         t0 = time.monotonic()
         for hv in hvs:
             hv.process.start()
@@ -180,6 +182,14 @@ async def run_campus(stack, cluster, *, agents: int, vms: int, users: int, per_u
         for hv in hvs:
             await hv.wait_ready(admin, timeout=120)
         log(f"all online {all_online:.2f} s after restarting the {agents} agents")
+        # ... and every user saw each of its VMs come back (the restart's own fan-out)
+        back = [(user, vm, "Running") for vm, users_of in subscribers.items() for user in users_of]
+        try:
+            await wait_all(lambda: all(k in seen.at for k in back), timeout, "")
+        except TimeoutError:
+            pass
+        restart_lost = sum(1 for k in back if k not in seen.at)
+        log(f"restart: {len(back) - restart_lost} of {len(back)} (user, VM) presences delivered")
 
         # -- (b)/(c) presence fan-out of C changes (stop, then start again)
         latencies: list[float] = []
@@ -204,7 +214,8 @@ async def run_campus(stack, cluster, *, agents: int, vms: int, users: int, per_u
                    "subscriptions_per_user": per_user, "nodes": len(nodes), "all_online_s": all_online,
                    "changes": 2 * len(targets), "deliveries": len(latencies) + lost,
                    "fanout_p50_ms": percentile(latencies, 50) * 1000,
-                   "fanout_p99_ms": percentile(latencies, 99) * 1000, "lost": lost}
+                   "fanout_p99_ms": percentile(latencies, 99) * 1000, "lost": lost,
+                   "restart_deliveries": len(back), "restart_lost": restart_lost}
         return figures
     finally:
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
@@ -257,7 +268,8 @@ def main() -> None:
     print(f"parameters: {f['agents']} agents x {f['vms_per_agent']} VMs = {f['entities']} VM entities, "
           f"{f['users']} user sessions x {f['subscriptions_per_user']} VMs in roster, ejabberd cluster of "
           f"{f['nodes']} nodes")
-    print(f"all online after restarting every agent: {f['all_online_s']:.2f} s")
+    print(f"all online after restarting every agent: {f['all_online_s']:.2f} s; each user saw its VMs back: "
+          f"{f['restart_deliveries']} (user, VM) presences, lost {f['restart_lost']} (must be 0)")
     print(f"presence fan-out: {f['changes']} changes, {f['deliveries']} deliveries, "
           f"p50 {f['fanout_p50_ms']:.1f} ms, p99 {f['fanout_p99_ms']:.1f} ms, lost {f['lost']} (must be 0)")
 

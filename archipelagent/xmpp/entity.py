@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 # How long a subscription request waits for the session's set-up before being answered.
 SUBSCRIBE_ANSWER_WAIT = 30
+# Bumped when _publish_vcard lays the fields out differently: the next start publishes again.
+VCARD_LAYOUT = 1
 PLUGINS = ("xep_0004", "xep_0030", "xep_0050", "xep_0054", "xep_0060", "xep_0077", "xep_0092", "xep_0199")
 
 
@@ -315,7 +317,7 @@ class Entity:
 
     async def _publish_vcard(self, only_if_changed: bool = False) -> None:
         fields = self.vcard_fields()
-        fingerprint = digest(fields)
+        fingerprint = digest([VCARD_LAYOUT, fields])
         if only_if_changed and self.agent.published.matches(self.jid, "vcard", fingerprint):
             return
         plugin = self.xmpp.plugin["xep_0054"]

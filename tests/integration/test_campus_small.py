@@ -35,3 +35,4 @@ async def test_every_presence_change_reaches_every_subscriber(stack, cluster):
     assert figures["entities"] == 40 and figures["nodes"] == 2
     assert figures["deliveries"] > 0
     assert figures["lost"] == 0, figures
+    assert figures["restart_deliveries"] == 30 * 4 and figures["restart_lost"] == 0, figures
