@@ -275,7 +275,7 @@ class VMManager:
             log.info("%d VM entities online %.1f s after the agent started loading them",
                      len(entities), time.monotonic() - since)
         except asyncio.TimeoutError:
-            offline = sum(1 for e in entities if not e.online.is_set())
+            offline = sum(1 for e in entities if not e.online.is_set() and self.entities.get(e.uuid) is e)
             log.warning("%d of %d VM entities still offline %.0f s after the agent started loading them",
                         offline, len(entities), time.monotonic() - since)
         finally:

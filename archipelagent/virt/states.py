@@ -57,7 +57,6 @@ class StateReader:
         self._connection = connection
         self._waiting: dict[str, list[asyncio.Future]] = {}
         self._task: asyncio.Task | None = None
-        self.reads = 0  # batches read (tests and benches look at it)
 
     async def state(self, uuid: str) -> tuple[int, int] | None:
         future = asyncio.get_running_loop().create_future()
@@ -70,7 +69,6 @@ class StateReader:
         while self._waiting:
             await asyncio.sleep(0)  # the requests of this turn of the loop join the batch
             batch, self._waiting = self._waiting, {}
-            self.reads += 1
             try:
                 states = await self._connection.domain_states(set(batch))
             except Exception as exc:  # noqa: BLE001 - each waiter gets the failure (Unavailable, LibvirtFailure)

@@ -112,7 +112,6 @@ class VMEntity(Entity):
         return max(0.0, (cpu_time_ns - previous[1]) / ((now - previous[0]) * 1e9) * 100)
 
     # ---------------------------------------------------------------- xmpp
-
     async def before_presence(self) -> None:
         await self.refresh_state()
 

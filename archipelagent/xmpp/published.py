@@ -12,8 +12,7 @@ found missing at a push is made again, pubsub.py).
 
 What the server holds is tied to the account: when an account is created (the
 server lost it, or it is new) or removed, the entity's digests are forgotten, so
-the next session publishes everything again.  A node found missing when a push
-is published is made again at once (pubsub.py).  An administrator who deletes
+the next session publishes everything again.  An administrator who deletes
 vCards on the server by hand also deletes this file (``published.sqlite3`` in
 the agent's ``lib_dir``): the next start publishes everything again.
 """

@@ -35,38 +35,12 @@ TRANSIENT_CONDITIONS = {"internal-server-error", "resource-constraint"}
 CREATE_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
 
 
-PUBSUB_NS = "http://jabber.org/protocol/pubsub"
-DATA_NS = "jabber:x:data"
-NODE_CONFIG_FORM_TYPE = "http://jabber.org/protocol/pubsub#node_config"
-
-
 def config_form(xmpp, config: dict[str, str]):
     form = xmpp.plugin["xep_0004"].make_form(ftype="submit")
-    form.add_field(var="FORM_TYPE", ftype="hidden", value=NODE_CONFIG_FORM_TYPE)
+    form.add_field(var="FORM_TYPE", ftype="hidden", value="http://jabber.org/protocol/pubsub#node_config")
     for var, value in config.items():
         form.add_field(var=var, value=value)
     return form
-
-
-def config_element(config: dict[str, str]) -> ET.Element:
-    """The node configuration as a plain ``jabber:x:data`` submit form."""
-    form = ET.Element(f"{{{DATA_NS}}}x", {"type": "submit"})
-    for var, value, ftype in (("FORM_TYPE", NODE_CONFIG_FORM_TYPE, "hidden"),
-                              *((var, value, None) for var, value in config.items())):
-        field = ET.SubElement(form, f"{{{DATA_NS}}}field", {"var": var, **({"type": ftype} if ftype else {})})
-        ET.SubElement(field, f"{{{DATA_NS}}}value").text = value
-    return form
-
-
-def create_request(xmpp, service: str, node: str, config: dict[str, str]):
-    """``<create node=…/><configure>form</configure>`` as plain XML: what slixmpp's
-    ``create_node`` sends, without walking its stanza plugins (which cost more than
-    the rest of an entity's set-up; every entity sends one at each login)."""
-    iq = xmpp.Iq(sto=service, stype="set")
-    pubsub = ET.SubElement(iq.xml, f"{{{PUBSUB_NS}}}pubsub")
-    ET.SubElement(pubsub, f"{{{PUBSUB_NS}}}create", {"node": node})
-    ET.SubElement(pubsub, f"{{{PUBSUB_NS}}}configure").append(config_element(config))
-    return iq
 
 
 async def node_owners(xmpp, service: str, node: str) -> list[str]:
@@ -83,29 +57,25 @@ async def node_owners(xmpp, service: str, node: str) -> list[str]:
     return owners
 
 
-async def ensure_node(xmpp, service: str, node: str, config: dict[str, str], *, known_ours: bool = False) -> bool:
+async def ensure_node(xmpp, service: str, node: str, config: dict[str, str]) -> bool:
     """Create ``node`` with ``config``, or make sure an existing one is ours and configured so.
 
     A ``conflict`` is not success: the node may have been created by someone
     else (squatted, to publish fake pushes or read ours).  Only the owner may
     read a node's affiliations; if we may not, or are not listed as owner, the
     node is refused with an error naming its owner.  A node we own is
-    reconfigured (an older agent created ``open`` nodes).  ``known_ours``: this
-    process already checked and configured it (only an owner can delete a node,
-    so it is still ours): a ``conflict`` is then success, and a reconnection
-    costs one request instead of three.
+    reconfigured (an older agent created ``open`` nodes).  A node this agent
+    already checked is not asked about again (``EventsNode``, published.py).
     """
     me = xmpp.boundjid.bare
     pubsub = xmpp.plugin["xep_0060"]
     for delay in (*CREATE_RETRY_DELAYS, None):
         try:
-            await create_request(xmpp, service, node, config).send(timeout=TIMEOUT)
+            await pubsub.create_node(service, node, config=config_form(xmpp, config), timeout=TIMEOUT)
             log.debug("created pubsub node %s", node)
             return True
         except IqError as exc:
             if exc.condition == "conflict":
-                if known_ours:
-                    return True
                 break
             if exc.condition not in TRANSIENT_CONDITIONS or delay is None:
                 log.warning("cannot create pubsub node %s: %s", node, exc.condition)
@@ -176,14 +146,12 @@ class EventsNode:
         self.ready = False
         self._published = published or PublishedMemory()
         self._fingerprint = digest([service, self.node, NODE_CONFIG])
-        self._checked = False  # ownership and configuration checked once by this process
 
     async def ensure(self) -> None:
         if self._published.matches(self.jid, "node", self._fingerprint):
-            self.ready = self._checked = True  # made and checked by this agent, in this run or an earlier one
+            self.ready = True  # made and checked by this agent, in this run or an earlier one
             return
-        self.ready = await ensure_node(self.xmpp, self.service, self.node, NODE_CONFIG, known_ours=self._checked)
-        self._checked = self._checked or self.ready
+        self.ready = await ensure_node(self.xmpp, self.service, self.node, NODE_CONFIG)
         if self.ready:
             self._published.remember(self.jid, "node", self._fingerprint)
 
@@ -201,8 +169,7 @@ class EventsNode:
                     log.warning("push %s/%s on %s failed: %s", namespace, change, self.node, exc)
                     return False
                 log.warning("pubsub node %s is gone: making it again", self.node)
-                self._checked = False  # checked in full again: whoever holds that name now
-                self._published.forget(self.jid, "node")
+                self._published.forget(self.jid, "node")  # checked in full: whoever holds that name now
                 await self.ensure()
                 if not self.ready:
                     return False

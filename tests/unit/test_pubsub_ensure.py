@@ -3,12 +3,12 @@ the real service's answers are covered by tests/integration/test_pubsub_nodes.py
 from __future__ import annotations
 
 import types
-import xml.etree.ElementTree as ET
 
 import pytest
 from slixmpp.exceptions import IqError, IqTimeout
 
 from archipelagent.xmpp import pubsub
+from archipelagent.xmpp.published import PublishedMemory
 
 
 class Answers:
@@ -46,23 +46,10 @@ class FakeForm:
         pass
 
 
-class FakeIq:
-    """The create request as ``ensure_node`` builds it (plain XML); sending it asks the script."""
-
-    def __init__(self, plugin: Answers):
-        self.xml = ET.Element("{jabber:client}iq")
-        self._plugin = plugin
-
-    async def send(self, timeout=None):
-        assert self.xml.find(f"{{{pubsub.PUBSUB_NS}}}pubsub/{{{pubsub.PUBSUB_NS}}}create") is not None
-        await self._plugin.create_node()
-
-
 def xmpp_with(plugin: Answers):
     forms = types.SimpleNamespace(make_form=lambda ftype: FakeForm())
     return types.SimpleNamespace(boundjid=types.SimpleNamespace(bare="vm@test"),
-                                 plugin={"xep_0060": plugin, "xep_0004": forms},
-                                 Iq=lambda **_kwargs: FakeIq(plugin))
+                                 plugin={"xep_0060": plugin, "xep_0004": forms})
 
 
 @pytest.fixture(autouse=True)
@@ -70,8 +57,8 @@ def no_waiting(monkeypatch):
     monkeypatch.setattr(pubsub, "CREATE_RETRY_DELAYS", (0, 0, 0, 0))
 
 
-async def ensure(plugin: Answers, **options) -> bool:
-    return await pubsub.ensure_node(xmpp_with(plugin), "pubsub.test", "/archipel/vm@test/events", {}, **options)
+async def ensure(plugin: Answers) -> bool:
+    return await pubsub.ensure_node(xmpp_with(plugin), "pubsub.test", "/archipel/vm@test/events", {})
 
 
 async def test_internal_server_error_is_retried_until_created():
@@ -104,32 +91,20 @@ async def test_a_conflict_is_checked_the_first_time():
     assert plugin.calls == ["create", "affiliations", "config"]
 
 
-async def test_a_conflict_on_a_node_this_process_checked_is_ours():
-    plugin = Answers(error("conflict"))
-    assert await ensure(plugin, known_ours=True)
-    assert plugin.calls == ["create"]
-
-
-async def test_the_plain_create_request_is_what_slixmpps_create_node_sends():
-    from archipelagent.xmpp.entity import PLUGINS
-    from archipelagent.xmpp.limits import GuardedClientXMPP
-    xmpp = GuardedClientXMPP("vm@test/hv", "secret")
-    for plugin in PLUGINS:
-        xmpp.register_plugin(plugin)
-    node = "/archipel/vm@test/events"
-    ours = pubsub.create_request(xmpp, "pubsub.test", node, pubsub.NODE_CONFIG)
-    theirs = xmpp.Iq(sto="pubsub.test", stype="set")
-    theirs["pubsub"]["create"]["node"] = node
-    theirs["pubsub"]["configure"].append(pubsub.config_form(xmpp, pubsub.NODE_CONFIG))
-
-    def canonical(iq) -> str:
-        return ET.canonicalize(ET.tostring(iq.xml.find(f"{{{pubsub.PUBSUB_NS}}}pubsub")))
-    assert canonical(ours) == canonical(theirs)
-    assert ours["to"] == theirs["to"] and ours["type"] == "set"
+async def test_a_node_this_agent_checked_costs_no_request_until_its_account_is_new():
+    plugin = Answers(error("conflict"), error("conflict"))
+    memory = PublishedMemory()
+    node = pubsub.EventsNode(xmpp_with(plugin), "pubsub.test", "vm@test", memory)
+    await node.ensure()
+    assert node.ready and plugin.calls == ["create", "affiliations", "config"]
+    await node.ensure()  # a reconnection
+    assert node.ready and plugin.calls == ["create", "affiliations", "config"]
+    memory.forget("vm@test")  # the account was made again: a conflict is checked in full
+    await node.ensure()
+    assert plugin.calls == ["create", "affiliations", "config"] * 2
 
 
 async def test_a_push_to_a_node_found_missing_makes_it_again_and_is_delivered():
-    from archipelagent.xmpp.published import PublishedMemory
     plugin = Answers(None)  # made again when a push finds it missing
     published = []
 
