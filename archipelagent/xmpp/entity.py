@@ -341,8 +341,11 @@ class Entity:
 
     # ------------------------------------------------------------ presence
     def set_presence(self, status: str, show: str = "") -> None:
+        """Show ``status``; an unchanged presence is not sent again (the server still holds it, and
+        a reconciliation of 1,000 VMs would send 1,000 presences to every subscriber for nothing)."""
+        changed = (status, show) != (self.presence_status, self.presence_show)
         self.presence_status, self.presence_show = status, show
-        if self.online.is_set():
+        if changed and self.online.is_set():
             self.send_presence()
 
     def send_presence(self) -> None:

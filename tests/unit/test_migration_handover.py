@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from archipelagent.hypervisor.migrations import disk_sources, read_handover, remove_handover, write_handover
+from archipelagent.hypervisor.migrations import disk_sources, existing, read_handover, remove_handover, write_handover
 
 
 def test_written_0600_and_read_back(tmp_path):
@@ -41,3 +41,14 @@ def test_disk_sources():
       <disk type='file' device='cdrom'/>
     </devices></domain>"""
     assert disk_sources(xml) == ["/vm/u/a.qcow2", "/iso/x.iso"]
+
+
+def test_existing_finds_files_and_links_in_one_call(tmp_path):
+    """At start the agent looks for the hand-over files of all its VMs in one storage call."""
+    present = tmp_path / "a.json"
+    present.write_text("{}")
+    dangling = tmp_path / "b.json"
+    dangling.symlink_to(tmp_path / "nowhere")  # a link is looked at, never followed
+    absent = tmp_path / "c.json"
+    assert existing([present, dangling, absent]) == {present, dangling}
+    assert existing([]) == set()

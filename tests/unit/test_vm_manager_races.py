@@ -102,3 +102,32 @@ async def test_known_slow_methods_go_to_the_slow_lane(conn):
     await conn.call(probe)
     await conn.call(destroy)
     assert names[0].startswith("libvirt_") and names[1].startswith("libvirt-slow")
+
+
+async def test_reconcile_reads_every_state_in_one_libvirt_read(conn):
+    """After a libvirt reconnection an agent with 1,000 VMs refreshes them all: one read, not 1,000."""
+    from archipelagent.virt.states import StateReader
+    reads = []
+
+    class CountingConnection:
+        async def domain_states(self, uuids):
+            reads.append(len(uuids))
+            return await conn.domain_states(uuids)
+    reader = StateReader(CountingConnection())
+
+    class Reading(StandIn):
+        def __init__(self, uuid):
+            super().__init__(uuid)
+            self.uuid, self.state = uuid, "unread"
+
+        async def refresh_state(self):
+            self.state = await reader.state(self.uuid)
+
+    vms = manager(conn)
+    entities = [Reading(TEST_DOMAIN)] + [Reading(f"{i:08d}-0000-4000-8000-000000000000") for i in range(49)]
+    for entity in entities:
+        vms.entities[entity.uuid] = entity
+    report = await vms.reconcile()
+    assert reads == [50]
+    assert entities[0].state[0] == 1  # the driver's "test" domain: running
+    assert all(e.state is None for e in entities[1:]) and len(report["missing_domain"]) == 49
