@@ -120,6 +120,8 @@ class _Snapshot:
         self.entities: dict[tuple[str, str], int] = {}
         self.xmpp_reconnects: dict[str, int] = {}
         self.libvirt_reconnects = 0
+        self.login_attempts = 0
+        self.login_peak = 0
         self.libvirt_up = 0
         self.storage_ok = 1
         self.in_flight = 0
@@ -144,6 +146,11 @@ class _AgentCollector:
             c.add_metric([kind], n)
         yield c
         yield CounterMetricFamily("archipel_libvirt_reconnects", "libvirt connections re-established", value=s.libvirt_reconnects)
+        yield CounterMetricFamily("archipel_login_attempts", "XMPP connection attempts the login gate started",
+                                  value=s.login_attempts)
+        yield GaugeMetricFamily("archipel_login_attempts_peak_per_second",
+                                "the most connection attempts started within one second since the agent started "
+                                "(bounded by [XMPP] max_logins_per_second)", value=s.login_peak)
         yield GaugeMetricFamily("archipel_libvirt_up", "1 while libvirt is connected", value=s.libvirt_up)
         yield GaugeMetricFamily("archipel_storage_ok", "1 while the VM storage is healthy (storage/health.py)", value=s.storage_ok)
         yield GaugeMetricFamily("archipel_requests_in_flight", "requests being served, every transport", value=s.in_flight)
@@ -212,6 +219,7 @@ class Metrics:
             s.entities[key] = s.entities.get(key, 0) + 1
             s.xmpp_reconnects[e.kind] = s.xmpp_reconnects.get(e.kind, 0) + max(0, e.sessions - 1)
         s.libvirt_reconnects = agent.libvirt_reconnects
+        s.login_attempts, s.login_peak = agent.login_gate.started, agent.login_gate.peak
         s.libvirt_up = int(agent.libvirt.connected)
         s.storage_ok = int(agent.storage_health is None or agent.storage_health.ok)
         s.in_flight = agent.requests.total()

@@ -83,6 +83,10 @@ class LoginGate:
         self._call_later = call_later
         self._pending: collections.OrderedDict[Hashable, Callable[[], None]] = collections.OrderedDict()
         self._timer = None
+        # What an operator sees (metrics.py): attempts started, and the most within one second.
+        self.started = 0
+        self.peak = 0
+        self._last_second: collections.deque[float] = collections.deque()
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -90,6 +94,7 @@ class LoginGate:
     def request(self, key: Hashable, attempt: Callable[[], None]) -> None:
         """Run ``attempt`` now if the rate allows it, else when its turn comes."""
         if self._bucket is None:
+            self._count()
             attempt()
             return
         self._pending[key] = attempt  # an existing key keeps its place in the queue
@@ -108,12 +113,22 @@ class LoginGate:
             if wait > 0:
                 self._schedule(wait)
                 return
-            self._started.append(self._clock())
+            self._started.append(self._count())
             _key, attempt = self._pending.popitem(last=False)
             try:
                 attempt()
             except Exception:  # noqa: BLE001 - one entity's failure must not stall the others
                 log.exception("a connection attempt failed to start")
+
+    def _count(self) -> float:
+        """Count an attempt starting now (``started``, ``peak``); returns now."""
+        now = self._clock()
+        self.started += 1
+        self._last_second.append(now)
+        while self._last_second[0] <= now - 1.0:
+            self._last_second.popleft()
+        self.peak = max(self.peak, len(self._last_second))
+        return now
 
     def _window_wait(self) -> float:
         """Seconds until the oldest of the last ceil(rate) attempts is a second old (0: go)."""

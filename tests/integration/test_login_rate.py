@@ -3,8 +3,9 @@
 A second agent with ``max_logins_per_second = 3`` holds 24 VM entities;
 ejabberd restarts under it.  A subscribed admin waits until every entity's
 available presence is back; ejabberd's own log says when it accepted each of
-their connections (the server's view of the logins): in no one-second window
-more than 3 + 1 (+1: the bucket's edges).  Without the bound the entities,
+their connections (the server's view of the logins, rig/ejabberd_log.py): in no
+one-second window more than 3 + 1 (the agent starts at most 3 attempts in any
+second; +1 for the varying delay between an attempt and its acceptance).  Without the bound the entities,
 whose backoff window is [3, 4] s, come back within about a second (25 in one
 second when this test runs with the bound off).
 
@@ -17,13 +18,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime
-import re
 import time
 import uuid
 
 import pytest
 
 from agent_fixtures import admin_client, second_agent
+from rig.ejabberd_log import connections_accepted, most_in_one_second
 from vm_helpers import alloc
 
 pytestmark = pytest.mark.timeout(400)
@@ -32,39 +33,11 @@ RATE = 3
 VMS = 24
 
 
-def arrivals_per_second(times: list[float]) -> int:
-    """The most arrivals within any one-second window (sliding, not aligned)."""
-    ordered = sorted(times)
-    best = 0
-    for i, start in enumerate(ordered):
-        best = max(best, sum(1 for t in ordered[i:] if t < start + 1))
-    return best
-
-
 async def until_all_seen(arrived, entities: set[str], since: float, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while missing := sorted(j for j in entities if not [t for t in arrived[j] if t >= since]):
         assert time.monotonic() < deadline, f"not every entity came back: {missing}"
         await asyncio.sleep(0.2)
-
-
-ACCEPTED = re.compile(r"^(\S+ \S+) \[info\] .*\((<[\d.]+>)\) Accepted connection ")
-AUTHENTICATED = re.compile(r"\((?:tls\|)?(<[\d.]+>)\) Accepted c2s \S+ authentication for ([^/@\s]+@[^/\s]+)")
-
-
-def connections_accepted(log_text: str, jids: set[str], since: datetime.datetime) -> dict[str, float]:
-    """When ejabberd accepted the connection (epoch seconds) that each of ``jids`` then
-    authenticated on, for connections accepted after ``since``: the first per JID."""
-    accepted_at: dict[str, datetime.datetime] = {}
-    first: dict[str, float] = {}
-    for line in log_text.splitlines():
-        if m := ACCEPTED.match(line):
-            accepted_at[m.group(2)] = datetime.datetime.fromisoformat(m.group(1))
-        elif (m := AUTHENTICATED.search(line)) and m.group(2) in jids and m.group(2) not in first:
-            at = accepted_at.get(m.group(1))
-            if at is not None and at >= since:
-                first[m.group(2)] = at.timestamp()
-    return first
 
 
 async def test_reconnect_storm_after_an_ejabberd_restart_is_paced(stack):
@@ -98,7 +71,7 @@ async def test_reconnect_storm_after_an_ejabberd_restart_is_paced(stack):
             await asyncio.sleep(0.5)
         assert set(accepted) == entities, f"no accepted connection logged for {sorted(entities - set(accepted))}"
         first = min(accepted.values())
-        assert arrivals_per_second(list(accepted.values())) <= RATE + 1, \
+        assert most_in_one_second(list(accepted.values())) <= RATE + 1, \
             sorted(round(t - first, 2) for t in accepted.values())
     finally:
         hv.process.stop()

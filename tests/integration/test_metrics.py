@@ -80,6 +80,9 @@ async def test_metrics_endpoint(stack, tmp_path, new_user):
         assert value(text, "archipel_permission_refusals_total", namespace=HV_NS, action="nodeinfo") >= 1
         assert value(text, "archipel_command_duration_seconds_count", namespace=HV_NS, action="nodeinfo") >= 2
         assert value(text, "archipel_libvirt_up") == 1.0 and value(text, "archipel_storage_ok") == 1.0
+        # the hypervisor and the VM logged in through the login gate
+        assert value(text, "archipel_login_attempts_total") >= 2
+        assert 1 <= value(text, "archipel_login_attempts_peak_per_second") <= value(text, "archipel_login_attempts_total")
         with open("/proc/meminfo") as f:
             total_kib = int(f.readline().split()[1])
         assert value(text, "archipel_host_memory_total_bytes") == total_kib * 1024

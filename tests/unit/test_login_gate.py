@@ -122,6 +122,20 @@ def test_gate_window_holds_even_when_the_bucket_could_give_more():
     assert most_in_one_second(started) <= 20
 
 
+def test_gate_counts_its_attempts_and_the_most_in_one_second():
+    """What the metrics show (archipel_login_attempts, ..._peak_per_second), bounded or not."""
+    loop = FakeLoop(late=0.015)
+    gate = LoginGate(50, clock=loop.clock, call_later=loop.call_later)
+    for i in range(120):
+        gate.request(i, lambda: None)
+    loop.run_until(10)
+    assert gate.started == 120 and gate.peak == 50
+    unbounded = LoginGate(0, clock=loop.clock)
+    for i in range(30):
+        unbounded.request(i, lambda: None)
+    assert unbounded.started == 30 and unbounded.peak == 30
+
+
 def test_gate_keeps_fifo_order_one_place_per_key_and_cancel_withdraws():
     loop = FakeLoop()
     gate = LoginGate(2, clock=loop.clock, call_later=loop.call_later)
