@@ -10,9 +10,9 @@ loop, by timers — no thread, no sleep — under two rules:
 * a token bucket paces them one every 1/R seconds, and saves up to R/10 tokens
   (``catch_up`` = 0.1 s of them): when the loop comes back late to the gate,
   busy with the streams already up, the attempts that were due go together
-  instead of being lost.  With a bucket of one token, a loop that came back
-  every 15 ms held 200/s down to ~70/s (measured: 1,000 entities logged in at
-  ~135/s against a gate of 200/s);
+  instead of being lost.  With a bucket of one token each late return of the
+  loop released one attempt and lost the tokens due meanwhile (measured: 1,000
+  entities made their attempts at ~135/s against a gate of 200/s);
 * a sliding window of the last ceil(R) release times: an attempt starts only if
   fewer than ceil(R) started within the last second.  So the catching up never
   makes more than R in any one-second window, aligned or not.
@@ -79,7 +79,7 @@ class LoginGate:
         self._clock = clock
         self._bucket = TokenBucket(rate, max(1.0, rate * catch_up), clock) if rate else None
         # When the last ceil(rate) attempts started: the one-second window's bound.
-        self._started: collections.deque[float] = collections.deque(maxlen=max(1, math.ceil(rate)))
+        self._window: collections.deque[float] = collections.deque(maxlen=max(1, math.ceil(rate)))
         self._call_later = call_later
         self._pending: collections.OrderedDict[Hashable, Callable[[], None]] = collections.OrderedDict()
         self._timer = None
@@ -113,7 +113,7 @@ class LoginGate:
             if wait > 0:
                 self._schedule(wait)
                 return
-            self._started.append(self._count())
+            self._window.append(self._count())
             _key, attempt = self._pending.popitem(last=False)
             try:
                 attempt()
@@ -132,9 +132,9 @@ class LoginGate:
 
     def _window_wait(self) -> float:
         """Seconds until the oldest of the last ceil(rate) attempts is a second old (0: go)."""
-        if len(self._started) < self._started.maxlen:
+        if len(self._window) < self._window.maxlen:
             return 0.0
-        wait = self._started[0] + 1.0 - self._clock()
+        wait = self._window[0] + 1.0 - self._clock()
         return wait if wait > _EPSILON else 0.0
 
     def _schedule(self, delay: float) -> None:
