@@ -81,6 +81,20 @@ def _lease(stack, hv) -> dict | None:
         return None
 
 
+def _ha_log_lines(handles, keep: int = 30) -> dict[str, list[str]]:
+    """The survivors' last HA log lines: kept in a failure's message, since the module's later
+    tests start agents over the same log files (a failure seen once in the whole suite)."""
+    found = {}
+    for handle in handles:
+        try:
+            lines = handle.process.log_path.read_text(errors="replace").splitlines()
+        except OSError as exc:
+            found[handle.full_jid] = [f"(log unreadable: {exc})"]
+            continue
+        found[handle.full_jid] = [line for line in lines if "HA" in line or "ha.py" in line][-keep:]
+    return found
+
+
 async def _until(predicate, what: str, tries: int = 600, delay: float = 0.5):
     for _ in range(tries):
         value = await asyncio.to_thread(predicate)
@@ -177,7 +191,7 @@ async def test_partition_the_lock_manager_refuses_the_second_start(stack, hyperv
         if reason:
             break
         await asyncio.sleep(0.5)
-    assert reason and "lock" in reason.lower(), reason
+    assert reason and "lock" in reason.lower(), (reason, _ha_log_lines(agents[:2]))
     assert all(p in hv_c.libvirtd.qemu_pids() for p in qemus)  # the one QEMU runs on, untouched
     # the second guard: hv-3's virtlockd still holds the disk's lease (a survivor's virtlockd
     # would be refused too; here QEMU's own image lock refused first, before libvirt asks
