@@ -190,6 +190,9 @@ async def run_campus(stack, cluster, *, agents: int, vms: int, users: int, per_u
             pass
         restart_lost = sum(1 for k in back if k not in seen.at)
         log(f"restart: {len(back) - restart_lost} of {len(back)} (user, VM) presences delivered")
+        for user, vm, status in [k for k in back if k not in seen.at][:10]:  # what those users got instead
+            got = sorted(k[2] for k in seen.at if k[0] == user and k[1] == vm)
+            log(f"  not seen: {vm} {status!r} by {user}; that user saw from it since the restart: {got or 'nothing'}")
 
         # -- (b)/(c) presence fan-out of C changes (stop, then start again)
         latencies: list[float] = []
