@@ -5,6 +5,7 @@ import pytest
 
 from archipelagent.config import DEFAULT_MAX_LOGINS_PER_SECOND, load_config
 from archipelagent.xmpp.ratelimit import LoginGate, TokenBucket
+from rig.ejabberd_log import most_in_one_second
 from test_config import SAMPLE, expect_error, with_value
 
 
@@ -72,11 +73,6 @@ def test_gate_unlimited_runs_every_attempt_at_once():
     for i in range(100):
         gate.request(i, lambda i=i: ran.append(i))
     assert ran == list(range(100))
-
-
-def most_in_one_second(times: list[float]) -> int:
-    """The most attempts started within any one-second window, aligned or not."""
-    return max(sum(1 for t in times if start <= t < start + 1) for start in times)
 
 
 def test_gate_storm_of_200_at_5_per_second_never_exceeds_the_rate_in_any_second():
