@@ -172,6 +172,7 @@ async def run_campus(stack, cluster, *, agents: int, vms: int, users: int, per_u
         for hv in hvs:
             hv.process.stop()
         seen_admin.at.clear()
+        before_restart = dict(seen.at)
         seen.at.clear()
         t0 = time.monotonic()
         for hv in hvs:
@@ -193,6 +194,8 @@ async def run_campus(stack, cluster, *, agents: int, vms: int, users: int, per_u
         for user, vm, status in [k for k in back if k not in seen.at][:10]:  # what those users got instead
             got = sorted(k[2] for k in seen.at if k[0] == user and k[1] == vm)
             log(f"  not seen: {vm} {status!r} by {user}; that user saw from it since the restart: {got or 'nothing'}")
+            for line in await asyncio.to_thread(_explain_loss, stack, cluster, user, vm, before_restart, t0):
+                log(f"    {line}")
 
         # -- (b)/(c) presence fan-out of C changes (stop, then start again)
         latencies: list[float] = []
@@ -230,6 +233,33 @@ async def run_campus(stack, cluster, *, agents: int, vms: int, users: int, per_u
 def _item(uuid_: str):
     import xml.etree.ElementTree as ET
     return ET.Element("item", {"jid": uuid_})
+
+
+def _explain_loss(stack, cluster, user: str, vm: str, before_restart: dict, t0: float) -> list[str]:
+    """What the servers and the user's client knew of a (user, VM) pair whose presence was lost."""
+    lines = []
+    for key, what in (((user, user, ""), "its own initial presence"), ((user, vm, "Running"), "the VM's 'Running'")):
+        at = before_restart.get(key)
+        lines.append(f"before the restart the user saw {what}: "
+                     + (f"{t0 - at:.2f} s before it" if at is not None else "never"))
+    servers = [("node 1", stack.ejabberd.api)] + [(f"node {k}", n.api) for k, n in cluster.nodes.items()]
+    for name, api in servers:  # each node answers from its own roster cache
+        for me, other in ((user, vm), (vm, user)):
+            local, host = me.split("@", 1)
+            try:
+                items = api("get_roster", {"user": local, "host": host})
+                item = [(i.get("subscription"), i.get("ask")) for i in items if i.get("jid") == other]
+                lines.append(f"{name}: {me.split('@')[0]}'s roster item for {other.split('@')[0]}: {item or 'none'}")
+            except Exception as exc:  # noqa: BLE001 - diagnostics only
+                lines.append(f"{name}: get_roster {me}: {exc}")
+    for who in (user, vm):
+        local, host = who.split("@", 1)
+        try:
+            info = stack.ejabberd.api("user_sessions_info", {"user": local, "host": host})
+            lines.append(f"{who.split('@')[0]}'s sessions: {[(s.get('node'), s.get('priority')) for s in info]}")
+        except Exception as exc:  # noqa: BLE001
+            lines.append(f"user_sessions_info {who}: {exc}")
+    return lines
 
 
 def _both_ways(stack, user: str, vm: str) -> None:
