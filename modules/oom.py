@@ -15,7 +15,7 @@ Differences on purpose:
   pushed ``oom``, a namespace its client never listened to;
 * the value is kept in ``oom.sqlite3`` (0600, WAL) and applied again each time
   the domain starts (libvirt STARTED event) and for running domains whenever
-  libvirt (re)connects; ``score`` is the live ``oom_score`` (Archipel always said 0).
+  libvirt (re)connects, and dropped when the VM is freed or unmanaged; ``score`` is the live ``oom_score`` (Archipel always said 0).
 """
 from __future__ import annotations
 
@@ -100,6 +100,12 @@ class OomService:
         except Exception as exc:  # noqa: BLE001 - a listener logs, never raises
             log.warning("oom: cannot apply the stored value to VM %s: %s", uuid, exc)
 
+    async def on_vm_gone(self, uuid: str, _jid: str) -> None:
+        """Freed or unmanaged: its value goes (a domain managed again starts at the kernel's default)."""
+        async with self.lock(uuid):
+            await self.store(uuid, 0)
+        self._locks.pop(uuid, None)
+
     def on_libvirt_state(self, connected: bool) -> None:
         if connected:
             self.agent.spawn(self.apply_all(), name="oom-apply")
@@ -129,6 +135,7 @@ async def setup(agent) -> None:
     agent.module_services["oom"] = svc
     agent.libvirt.add_lifecycle_listener(svc.on_lifecycle)
     agent.libvirt.add_state_listener(svc.on_libvirt_state)
+    agent.vms.add_gone_listener(svc.on_vm_gone)
 
 
 async def teardown(agent) -> None:
@@ -136,6 +143,7 @@ async def teardown(agent) -> None:
     if svc is not None:
         agent.libvirt.remove_lifecycle_listener(svc.on_lifecycle)
         agent.libvirt.remove_state_listener(svc.on_libvirt_state)
+        agent.vms.remove_gone_listener(svc.on_vm_gone)
         await svc.db.close()
 
 

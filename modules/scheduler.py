@@ -72,6 +72,7 @@ async def setup(agent) -> None:
     svc = Scheduler(agent, database, grace)
     await svc.open()
     agent.module_services["scheduler"] = svc
+    agent.vms.add_gone_listener(svc.on_vm_gone)  # a freed VM's jobs go with it
 
 
 async def ready(agent) -> None:
@@ -82,6 +83,7 @@ async def ready(agent) -> None:
 async def teardown(agent) -> None:
     svc = agent.module_services.pop("scheduler", None)
     if svc is not None:
+        agent.vms.remove_gone_listener(svc.on_vm_gone)
         await svc.close()
 
 

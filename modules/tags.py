@@ -14,7 +14,10 @@ client reads for its "Étiquettes".  Differences on purpose:
 * tags are checked: at most 32, each 1-64 characters without control
   characters, duplicates dropped; anything else is refused with -46.
 
-The node is the store: ejabberd persists its items (``max_items`` 1000).
+The node is the store: ejabberd persists its items (``max_items`` 1000).  A VM
+freed or unmanaged here loses its item (``VMManager.add_gone_listener``): freed
+VMs' items would otherwise pile up to ``max_items`` and push live ones out, and a
+domain managed again later would show the tags of its former life.
 """
 from __future__ import annotations
 
@@ -98,6 +101,36 @@ async def publish_tags(hypervisor, jid: str, tags: tuple[str, ...]) -> None:
                 raise Unavailable(f"pubsub refused the tags: {exc.condition}") from None
             except IqTimeout:
                 raise Unavailable("pubsub did not answer in time") from None
+
+
+async def retract_tags(hypervisor, jid: str) -> None:
+    """``jid`` left for good: its item goes (none to retract is no error)."""
+    if hypervisor is None or not hypervisor.online.is_set():
+        log.warning("tags of %s not retracted: the hypervisor is not connected", jid)
+        return
+    xmpp = hypervisor.xmpp
+    async with _LOCKS.setdefault(xmpp, asyncio.Lock()):
+        try:
+            await xmpp.plugin["xep_0060"].retract(hypervisor.agent.config.pubsub_server, TAGS_NODE, jid,
+                                                  notify=True, timeout=TIMEOUT)
+        except IqError as exc:
+            if exc.condition != "item-not-found":  # no tags (or no node yet): nothing to do
+                log.warning("tags of %s not retracted: %s", jid, exc.condition)
+        except IqTimeout:
+            log.warning("tags of %s not retracted: pubsub did not answer in time", jid)
+
+
+async def setup(agent) -> None:
+    async def forget(_uuid: str, jid: str) -> None:
+        await retract_tags(agent.hypervisor, jid)
+    agent.module_services["tags"] = forget
+    agent.vms.add_gone_listener(forget)
+
+
+async def teardown(agent) -> None:
+    forget = agent.module_services.pop("tags", None)
+    if forget is not None:
+        agent.vms.remove_gone_listener(forget)
 
 
 commands = CommandSet()

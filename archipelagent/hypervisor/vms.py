@@ -128,6 +128,25 @@ class VMManager:
         self._critical: set[asyncio.Task] = set()  # steps a stop must let finish
         self._copies: set[asyncio.Task] = set()  # clone copies a stop cancels (they clean up)
         self._closing = False
+        self._gone_listeners: list[Callable[[str, str], Awaitable[None]]] = []
+
+    def add_gone_listener(self, listener: Callable[[str, str], Awaitable[None]]) -> None:
+        """``await listener(uuid, jid)`` after a VM is freed or unmanaged here.  What a feature
+        module keeps per VM (tags, OOM value, jobs) goes with it, so a domain managed again
+        later, under the same JID, starts clean.  A VM that migrates or is parked keeps it."""
+        self._gone_listeners.append(listener)
+
+    def remove_gone_listener(self, listener: Callable[[str, str], Awaitable[None]]) -> None:
+        if listener in self._gone_listeners:
+            self._gone_listeners.remove(listener)
+
+    async def _tell_gone(self, entities: list[VMEntity]) -> None:
+        for entity in entities:
+            for listener in list(self._gone_listeners):
+                try:
+                    await listener(entity.uuid, entity.jid)
+                except Exception:  # noqa: BLE001 - a module's clean-up never fails the free
+                    log.exception("clean-up after VM %s left failed in %r", entity.uuid, listener)
 
     # ----------------------------------------------------------- helpers
     @property
@@ -381,9 +400,13 @@ class VMManager:
         entity = self.get(uuid_or_jid)
         require_writable(self.agent, "free")  # the folder moves to the trash
         self._refuse_if_closing()
-        await self._run_critical(self._free(entity))
+        await self._run_critical(self._free_and_tell(entity))
         await self._push_hypervisor("free", entity.jid)
         return entity.jid
+
+    async def _free_and_tell(self, entity: VMEntity) -> None:
+        await self._free(entity)
+        await self._tell_gone([entity])  # outside the lock, inside the critical task: a stop waits for it
 
     async def _free(self, entity: VMEntity) -> None:
         async with self._lock:
@@ -568,9 +591,14 @@ class VMManager:
         """Release entities: the domain and its files stay, the account goes."""
         entities = [self.get(u) for u in uuids]
         self._refuse_if_closing()
-        released = await self._run_critical(self._unmanage(entities))
+        released = await self._run_critical(self._unmanage_and_tell(entities))
         for jid in released:
             await self._push_hypervisor("unmanage", jid)
+        return released
+
+    async def _unmanage_and_tell(self, entities: list[VMEntity]) -> list[str]:
+        released = await self._unmanage(entities)
+        await self._tell_gone([e for e in entities if e.jid in released])
         return released
 
     async def _unmanage(self, entities: list[VMEntity]) -> list[str]:

@@ -159,8 +159,14 @@ class Scheduler:
         self._wake.set()
         return removed
 
+    async def on_vm_gone(self, _uuid: str, jid: str) -> None:
+        removed = await self.remove_entity(jid)
+        if removed:
+            log.info("scheduler: %d job(s) of %s dropped: the VM was freed or unmanaged", removed, jid)
+
     async def remove_entity(self, entity: str) -> int:
-        """Drop the jobs of an entity that is gone for good (freed)."""
+        """Drop the jobs of an entity that is gone for good (freed, unmanaged: a domain managed
+        again later gets the same JID, and must not run its former owner's jobs)."""
         cur = await self.db.execute("DELETE FROM jobs WHERE entity = ?", (entity,))
         await self.db.commit()
         return cur.rowcount
