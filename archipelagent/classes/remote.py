@@ -44,11 +44,8 @@ def peer_full_jid(agent, bare: str) -> str:
 
 
 async def hosts(agent) -> list[Host]:
-    """This host and the online peers, as the placement sees them."""
-    own = await agent.maintenance.peer_info()
-    me = Host(agent.hypervisor.full_jid, int(own.get("free_kib", "0")), int(own.get("vms", "0")),
-              int(own.get("max_vms", "0")), own.get("maintenance") == "yes")
-    return [me, *await agent.maintenance._hosts()]  # the peers' peerinfo, as the evacuation asks it (maintenance.py)
+    """This host and the online peers, as the placement sees them (the evacuation asks the same)."""
+    return [await agent.maintenance.own_host(), *await agent.maintenance.peer_hosts()]
 
 
 async def plan(agent, uids: list[str]) -> tuple[dict[str, str | None], dict[str, str]]:

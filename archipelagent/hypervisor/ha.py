@@ -44,7 +44,7 @@ from ..fsio import StorageIO
 from ..errors import Conflict, InvalidArgument, LibvirtFailure, NotFound, Unavailable
 from .migrations import read_handover, remove_handover, write_handover
 from .peers import peers
-from .placement import VM, Host, place
+from .placement import VM, place
 from .records import VMRecord
 
 log = logging.getLogger(__name__)
@@ -282,12 +282,6 @@ class HA:
             await self.fs.call(drop_lease, self.root / "leases", lease, what="HA lease removal")
 
     # ---------------------------------------------------------------- take-over
-    async def _hosts(self) -> list[Host]:
-        own = await self.agent.maintenance.peer_info()
-        hosts = [Host(self.agent.hypervisor.full_jid, int(own.get("free_kib", "0")), int(own.get("vms", "0")),
-                      int(own.get("max_vms", "0")), own.get("maintenance") == "yes")]
-        return hosts + await self.agent.maintenance._hosts()
-
     async def take_over(self, lease: Lease) -> None:
         vms = []
         for uuid in lease.vms:
@@ -296,7 +290,7 @@ class HA:
                 vms.append(VM(uuid, memory_kib(data["domain"])))
             except (OSError, ValueError, KeyError) as exc:
                 await self._report(uuid, f"its HA file is unreadable: {exc}")
-        plan = place(vms, await self._hosts())
+        plan = place(vms, [await self.agent.maintenance.own_host(), *await self.agent.maintenance.peer_hosts()])
         for uuid, reason in plan.refused.items():
             await self._report(uuid, reason)
         own = self.agent.hypervisor.full_jid

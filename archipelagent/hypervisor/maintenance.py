@@ -101,8 +101,16 @@ class Maintenance:
             log.warning("peerinfo: libvirt: %s", exc)
         return el
 
-    # ------------------------------------------------------------ evacuation
-    async def _hosts(self) -> list[Host]:
+    # ------------------------------------------------------------ placement
+    async def own_host(self) -> Host:
+        """This hypervisor as the placement sees it (its own peerinfo)."""
+        own = await self.peer_info()
+        return Host(self.agent.hypervisor.full_jid, int(own.get("free_kib", "0")), int(own.get("vms", "0")),
+                    int(own.get("max_vms", "0")), own.get("maintenance") == "yes")
+
+    async def peer_hosts(self) -> list[Host]:
+        """The online peers, each from its own ``peerinfo`` (one that does not answer is left out):
+        where an evacuation, an HA take-over or a class's new VMs may go."""
         hv = self.agent.hypervisor
         hosts = []
         for peer in peers(hv):
@@ -116,7 +124,7 @@ class Maintenance:
             try:
                 reply = await iq.send(timeout=15)
             except (slixmpp.exceptions.IqError, slixmpp.exceptions.IqTimeout) as exc:
-                log.warning("evacuation: %s did not give its peerinfo: %s", full, exc)
+                log.warning("placement: %s did not give its peerinfo: %s", full, exc)
                 continue
             info = reply.xml.find(f".//{{{NS}}}peer")
             if info is None:
@@ -141,7 +149,7 @@ class Maintenance:
 
     async def _evacuate(self, requester: str) -> None:
         vms = await self._vms()
-        plan = place(vms, await self._hosts())
+        plan = place(vms, await self.peer_hosts())
         self.total = len(vms) + len(self.failed)
         self.failed.update(plan.refused)
         for uuid, reason in plan.refused.items():

@@ -29,7 +29,7 @@ from archipelagent.permissions.center import ALL
 from archipelagent.permissions.store import GROUP, ROLE_GROUP, ROLE_USER, USER, bare, name_key
 
 from . import catalogue
-from .catalogue import CLASS, LOCAL, NetworkRecord
+from .catalogue import CLASS, NetworkRecord
 from .policy import NetworkContext, check_network, network_subnets, parse_network, validate_name
 from .switch import Switch, SwitchError, bridge_name
 
