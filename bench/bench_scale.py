@@ -71,6 +71,11 @@ async def raw_login_storm(stack, accounts: list[tuple[str, str]], timeout: float
     elapsed = max(finished) - t0
     await asyncio.gather(*(c.disconnect(wait=0.5) for c in clients), return_exceptions=True)
     await asyncio.sleep(1)
+    # each stream's cancelled output-filter task ends here, not as a warning when the loop closes
+    leftovers = [c._run_out_filters for c in clients if c._run_out_filters is not None]
+    for task in leftovers:
+        task.cancel()
+    await asyncio.gather(*leftovers, return_exceptions=True)
     return elapsed
 
 
@@ -182,7 +187,11 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=None,
                         help="the agent's [XMPP] max_logins_per_second (default: the agent's, "
                              f"{DEFAULT_RATE:g}; 0: no bound). N/rate is the gate's own floor")
+    parser.add_argument("--profile", default=None,
+                        help="the rig profile to run on (default: $ARCHIPEL_RIG_PROFILE, else test)")
     args = parser.parse_args()
+    if args.profile:
+        os.environ["ARCHIPEL_RIG_PROFILE"] = args.profile  # read by common.running_agent
     for n in args.sizes:
         asyncio.run(bench(n, args.rate))
 
