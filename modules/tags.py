@@ -114,8 +114,11 @@ async def retract_tags(hypervisor, jid: str) -> None:
             await xmpp.plugin["xep_0060"].retract(hypervisor.agent.config.pubsub_server, TAGS_NODE, jid,
                                                   notify=True, timeout=TIMEOUT)
         except IqError as exc:
-            if exc.condition != "item-not-found":  # no tags (or no node yet): nothing to do
-                log.warning("tags of %s not retracted: %s", jid, exc.condition)
+            if exc.condition == "item-not-found":  # no tags (or no node yet): nothing to do
+                return
+            # forbidden: another hypervisor owns the node (an item it published for a VM that migrated here stays)
+            log.log(logging.INFO if exc.condition == "forbidden" else logging.WARNING,
+                    "tags of %s not retracted: %s", jid, exc.condition)
         except IqTimeout:
             log.warning("tags of %s not retracted: pubsub did not answer in time", jid)
 
