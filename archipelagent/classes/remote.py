@@ -44,8 +44,8 @@ def peer_full_jid(agent, bare: str) -> str:
 
 
 async def hosts(agent) -> list[Host]:
-    """This host and the online peers, as the placement sees them (the evacuation asks the same)."""
-    return [await agent.maintenance.own_host(), *await agent.maintenance.peer_hosts()]
+    """This host and the online peers, as the placement sees them (an HA take-over asks the same)."""
+    return await agent.maintenance.placement_hosts()
 
 
 async def plan(agent, uids: list[str]) -> tuple[dict[str, str | None], dict[str, str]]:

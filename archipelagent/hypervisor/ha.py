@@ -290,7 +290,7 @@ class HA:
                 vms.append(VM(uuid, memory_kib(data["domain"])))
             except (OSError, ValueError, KeyError) as exc:
                 await self._report(uuid, f"its HA file is unreadable: {exc}")
-        plan = place(vms, [await self.agent.maintenance.own_host(), *await self.agent.maintenance.peer_hosts()])
+        plan = place(vms, await self.agent.maintenance.placement_hosts())
         for uuid, reason in plan.refused.items():
             await self._report(uuid, reason)
         own = self.agent.hypervisor.full_jid

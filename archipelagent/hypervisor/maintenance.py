@@ -102,11 +102,13 @@ class Maintenance:
         return el
 
     # ------------------------------------------------------------ placement
-    async def own_host(self) -> Host:
-        """This hypervisor as the placement sees it (its own peerinfo)."""
+    async def placement_hosts(self) -> list[Host]:
+        """This hypervisor (its own peerinfo) and the online peers: where an HA take-over or a
+        class's new VMs may go (an evacuation asks :meth:`peer_hosts` only)."""
         own = await self.peer_info()
-        return Host(self.agent.hypervisor.full_jid, int(own.get("free_kib", "0")), int(own.get("vms", "0")),
-                    int(own.get("max_vms", "0")), own.get("maintenance") == "yes")
+        me = Host(self.agent.hypervisor.full_jid, int(own.get("free_kib", "0")), int(own.get("vms", "0")),
+                  int(own.get("max_vms", "0")), own.get("maintenance") == "yes")
+        return [me, *await self.peer_hosts()]
 
     async def peer_hosts(self) -> list[Host]:
         """The online peers, each from its own ``peerinfo`` (one that does not answer is left out):
